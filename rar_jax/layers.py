@@ -1,0 +1,211 @@
+"""Transformer layers of the RAR generator: attention with an explicit KV cache, MLP, and the
+AdaLN-Zero block and final layer, with logical axis names on every parameter.
+
+Shapes: B batch, T positions in this call, S cached positions, D width, H heads, K head dim,
+M mlp dim. The conditioning `c` is per token, [B, T, D] (class embedding + per-step table).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rar_jax.presets import ModelConfig
+
+LN_EPS = 1e-6
+INIT_STD = 0.02
+
+Array = jax.Array
+# One layer's cache: {"k": [B, S, H, K], "v": [B, S, H, K]}; the model stacks layers in front.
+KVCache = dict[str, Array]
+
+
+def normal_init(names: tuple[str | None, ...]):
+  """N(0, 0.02) initializer with logical axis names (the official trunc_normal is untruncated
+  in practice: its cut-off is +-2 in absolute units, 100 sigma)."""
+  return nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), names)
+
+
+def zeros_init(names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def ones_init(names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def compute_dtype(cfg: ModelConfig) -> Any:
+  return jnp.dtype(cfg.dtype)
+
+
+def layer_norm(cfg: ModelConfig, name: str, affine: bool = True, axis_name: str = "norm"):
+  """LayerNorm with eps 1e-6 and exact (two-pass) variance, as torch.nn.LayerNorm."""
+  return nn.LayerNorm(
+    epsilon=LN_EPS,
+    use_bias=affine,
+    use_scale=affine,
+    use_fast_variance=False,
+    dtype=compute_dtype(cfg),
+    param_dtype=jnp.float32,
+    scale_init=ones_init((axis_name,)),
+    bias_init=zeros_init((axis_name,)),
+    name=name,
+  )
+
+
+def modulate(x: Array, shift: Array, scale: Array) -> Array:
+  return x * (1 + scale) + shift
+
+
+class AdaLNModulation(nn.Module):
+  """SiLU -> Linear(D, n*D), zero-initialised (AdaLN-Zero). Returns n arrays [B, T, D]."""
+
+  cfg: ModelConfig
+  num_chunks: int
+
+  @nn.compact
+  def __call__(self, c: Array) -> list[Array]:
+    d = self.cfg.width
+    mod = nn.DenseGeneral(
+      features=(self.num_chunks, d),
+      dtype=compute_dtype(self.cfg),
+      param_dtype=jnp.float32,
+      kernel_init=zeros_init(("embed", "modulation", "mod_embed")),
+      bias_init=zeros_init(("modulation", "mod_embed")),
+      name="linear",
+    )(nn.silu(c))  # [B, T, n, D]
+    return [mod[..., i, :] for i in range(self.num_chunks)]
+
+
+class Attention(nn.Module):
+  """Causal multi-head attention with qkv bias, per-head affine qk-LayerNorm and dropout.
+
+  Without a cache it attends causally within the T given positions. With a cache (k, v of
+  length S) it writes this call's keys/values at [start, start + T) and attends to every
+  cached position up to its own.
+  """
+
+  cfg: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(
+    self, x: Array, start: Array, cache: KVCache | None
+  ) -> tuple[Array, KVCache | None]:
+    cfg = self.cfg
+    dtype = compute_dtype(cfg)
+    qkv = nn.DenseGeneral(
+      features=(3, cfg.heads, cfg.head_dim),
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=normal_init(("embed", "qkv", "heads", "head_dim")),
+      bias_init=zeros_init(("qkv", "heads", "head_dim")),
+      name="qkv",
+    )(x)  # [B, T, 3, H, K]
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, K] each
+    q = layer_norm(cfg, "q_norm", axis_name="head_dim")(q)
+    k = layer_norm(cfg, "k_norm", axis_name="head_dim")(k)
+
+    t = x.shape[1]
+    q_pos = start + jnp.arange(t)  # [T]
+    if cache is None:
+      k_pos = q_pos
+      new_cache = None
+    else:
+      k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), start, 1)
+      v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), start, 1)
+      new_cache = {"k": k_all, "v": v_all}
+      k, v = k_all.astype(dtype), v_all.astype(dtype)  # [B, S, H, K]
+      k_pos = jnp.arange(k.shape[1])
+    mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
+
+    logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (cfg.head_dim**-0.5)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)  # [B, H, T, S] fp32
+    probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=self.deterministic)
+    out = jnp.einsum("bhts,bshk->bthk", probs.astype(dtype), v)  # [B, T, H, K]
+    out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
+    out = nn.DenseGeneral(
+      features=cfg.width,
+      axis=(-2, -1),
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=normal_init(("heads", "head_dim", "embed")),
+      bias_init=zeros_init(("embed",)),
+      name="proj",
+    )(out)  # [B, T, D]
+    out = nn.Dropout(cfg.dropout)(out, deterministic=self.deterministic)
+    return out, new_cache
+
+
+class Mlp(nn.Module):
+  """fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout, as timm's Mlp."""
+
+  cfg: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    dtype = compute_dtype(cfg)
+    h = nn.Dense(
+      cfg.mlp_dim,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=normal_init(("embed", "mlp")),
+      bias_init=zeros_init(("mlp",)),
+      name="fc1",
+    )(x)  # [B, T, M]
+    h = nn.gelu(h, approximate=False)
+    h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
+    h = nn.Dropout(cfg.dropout)(h, deterministic=self.deterministic)
+    h = nn.Dense(
+      cfg.width,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=normal_init(("mlp", "embed")),
+      bias_init=zeros_init(("embed",)),
+      name="fc2",
+    )(h)  # [B, T, D]
+    return nn.Dropout(cfg.dropout)(h, deterministic=self.deterministic)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block with DiT-style AdaLN-Zero on a per-token condition.
+
+  Call signature fits `nn.scan`: (x, c, start, cache) -> (x, cache).
+  """
+
+  cfg: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(
+    self, x: Array, c: Array, start: Array, cache: KVCache | None
+  ) -> tuple[Array, KVCache | None]:
+    cfg = self.cfg
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = AdaLNModulation(
+      cfg, 6, name="adaln"
+    )(c)
+    h = modulate(layer_norm(cfg, "norm1", axis_name="embed")(x), shift_msa, scale_msa)
+    h, cache = Attention(cfg, self.deterministic, name="attn")(h, start, cache)
+    x = x + gate_msa * h
+    h = modulate(layer_norm(cfg, "norm2", axis_name="embed")(x), shift_mlp, scale_mlp)
+    x = x + gate_mlp * Mlp(cfg, self.deterministic, name="mlp")(h)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    return x, cache
+
+
+class FinalLayer(nn.Module):
+  """Non-affine LayerNorm modulated by the condition; chunk order (scale, shift)."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, c: Array) -> Array:
+    scale, shift = AdaLNModulation(self.cfg, 2, name="adaln")(c)
+    return modulate(layer_norm(self.cfg, "norm", affine=False)(x), shift, scale)
