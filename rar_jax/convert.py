@@ -91,7 +91,12 @@ def _block_rules(cfg: ModelConfig) -> dict[str, _Rule]:
 def _proj_rules(d: int, h: int, k: int) -> list[_Rule]:
   """Attention output Linear(D, D) -> kernel [H, K, D] (input features are head-major)."""
   return [
-    _Rule((d, d), ("attn", "proj", "kernel"), lambda a: a.T.reshape(h, k, d), lambda a: a.reshape(d, d).T),
+    _Rule(
+      (d, d),
+      ("attn", "proj", "kernel"),
+      lambda a: a.T.reshape(h, k, d),
+      lambda a: a.reshape(d, d).T,
+    ),
     _identity((d,), ("attn", "proj", "bias")),
   ]
 
@@ -110,7 +115,9 @@ def _top_rules(cfg: ModelConfig) -> dict[str, _Rule]:
   pos_rows = cfg.seq_len + presets.OFFICIAL_POS_EXTRA_ROWS
   step_rows = cfg.seq_len + presets.OFFICIAL_TIMESTEP_EXTRA_ROWS
   rules = {
-    "cls_token": _Rule((1, 1, d), ("cls_token",), lambda a: a.reshape(d), lambda a: a.reshape(1, 1, d)),
+    "cls_token": _Rule(
+      (1, 1, d), ("cls_token",), lambda a: a.reshape(d), lambda a: a.reshape(1, 1, d)
+    ),
     "pos_embed": _table(pos_rows, n, d, ("pos_embed",)),
     "target_aware_pos_embed": _table(pos_rows, n, d, ("target_aware_pos_embed",)),
     "timesteps_embeddings": _table(step_rows, n, d, ("timesteps_embeddings",)),
@@ -140,13 +147,17 @@ def _check_keys(state: Mapping[str, Any], cfg: ModelConfig) -> None:
   expected = official_shapes(cfg)
   missing = sorted(set(expected) - set(state))
   if missing:
-    raise ValueError(f"official state dict is missing key {missing[0]!r} (expected shape "
-                     f"{expected[missing[0]]}); {len(missing)} key(s) missing in all")
+    raise ValueError(
+      f"official state dict is missing key {missing[0]!r} (expected shape "
+      f"{expected[missing[0]]}); {len(missing)} key(s) missing in all"
+    )
   unexpected = sorted(set(state) - set(expected))
   if unexpected:
     key = unexpected[0]
-    raise ValueError(f"official state dict has unexpected key {key!r} with shape "
-                     f"{tuple(np.shape(state[key]))} for a model of depth {cfg.depth}")
+    raise ValueError(
+      f"official state dict has unexpected key {key!r} with shape "
+      f"{tuple(np.shape(state[key]))} for a model of depth {cfg.depth}"
+    )
   for key, shape in expected.items():
     got = tuple(np.shape(state[key]))
     if got != shape:
@@ -195,7 +206,11 @@ def to_official(params: Params, cfg: ModelConfig) -> dict[str, np.ndarray]:
   state = {key: rule.to_official(_get(params, rule.path)) for key, rule in _top_rules(cfg).items()}
   blocks = params["blocks"]
   for i in range(cfg.depth):
-    layer = jax.tree.map(lambda a, i=i: a[i], blocks["layers"]) if cfg.scan_layers else blocks[f"layers_{i}"]
+    layer = (
+      jax.tree.map(lambda a, i=i: a[i], blocks["layers"])
+      if cfg.scan_layers
+      else blocks[f"layers_{i}"]
+    )
     for key, rule in _block_rules(cfg).items():
       state[f"blocks.{i}.{key}"] = np.ascontiguousarray(rule.to_official(_get(layer, rule.path)))
   return state

@@ -56,6 +56,28 @@ def layer_norm(cfg: ModelConfig, name: str, affine: bool = True, axis_name: str 
   )
 
 
+class Linear(nn.Module):
+  """Dense layer over the last `num_in` axes with an N-d kernel [*in, *features] and bias
+  [*features], both carrying logical axis names (Flax's DenseGeneral initialises a flat kernel,
+  which cannot carry N-d names)."""
+
+  features: tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]
+  dtype: Any
+  num_in: int = 1
+  zero_init: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[x.ndim - self.num_in :]
+    init = zeros_init if self.zero_init else normal_init
+    kernel = self.param("kernel", init(self.kernel_axes), (*in_shape, *self.features), jnp.float32)
+    bias_axes = self.kernel_axes[self.num_in :]
+    bias = self.param("bias", zeros_init(bias_axes), self.features, jnp.float32)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.num_in)
+    return y + bias.astype(self.dtype)
+
+
 def modulate(x: Array, shift: Array, scale: Array) -> Array:
   return x * (1 + scale) + shift
 
@@ -69,12 +91,11 @@ class AdaLNModulation(nn.Module):
   @nn.compact
   def __call__(self, c: Array) -> list[Array]:
     d = self.cfg.width
-    mod = nn.DenseGeneral(
-      features=(self.num_chunks, d),
-      dtype=compute_dtype(self.cfg),
-      param_dtype=jnp.float32,
-      kernel_init=zeros_init(("embed", "modulation", "mod_embed")),
-      bias_init=zeros_init(("modulation", "mod_embed")),
+    mod = Linear(
+      (self.num_chunks, d),
+      ("embed", "modulation", "mod_embed"),
+      compute_dtype(self.cfg),
+      zero_init=True,
       name="linear",
     )(nn.silu(c))  # [B, T, n, D]
     return [mod[..., i, :] for i in range(self.num_chunks)]
@@ -92,18 +113,11 @@ class Attention(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(
-    self, x: Array, start: Array, cache: KVCache | None
-  ) -> tuple[Array, KVCache | None]:
+  def __call__(self, x: Array, start: Array, cache: KVCache | None) -> tuple[Array, KVCache | None]:
     cfg = self.cfg
     dtype = compute_dtype(cfg)
-    qkv = nn.DenseGeneral(
-      features=(3, cfg.heads, cfg.head_dim),
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=normal_init(("embed", "qkv", "heads", "head_dim")),
-      bias_init=zeros_init(("qkv", "heads", "head_dim")),
-      name="qkv",
+    qkv = Linear(
+      (3, cfg.heads, cfg.head_dim), ("embed", "qkv", "heads", "head_dim"), dtype, name="qkv"
     )(x)  # [B, T, 3, H, K]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, K] each
     q = layer_norm(cfg, "q_norm", axis_name="head_dim")(q)
@@ -129,15 +143,9 @@ class Attention(nn.Module):
     probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=self.deterministic)
     out = jnp.einsum("bhts,bshk->bthk", probs.astype(dtype), v)  # [B, T, H, K]
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
-    out = nn.DenseGeneral(
-      features=cfg.width,
-      axis=(-2, -1),
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=normal_init(("heads", "head_dim", "embed")),
-      bias_init=zeros_init(("embed",)),
-      name="proj",
-    )(out)  # [B, T, D]
+    out = Linear((cfg.width,), ("heads", "head_dim", "embed"), dtype, num_in=2, name="proj")(
+      out
+    )  # [B, T, D]
     out = nn.Dropout(cfg.dropout)(out, deterministic=self.deterministic)
     return out, new_cache
 
@@ -152,25 +160,11 @@ class Mlp(nn.Module):
   def __call__(self, x: Array) -> Array:
     cfg = self.cfg
     dtype = compute_dtype(cfg)
-    h = nn.Dense(
-      cfg.mlp_dim,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=normal_init(("embed", "mlp")),
-      bias_init=zeros_init(("mlp",)),
-      name="fc1",
-    )(x)  # [B, T, M]
+    h = Linear((cfg.mlp_dim,), ("embed", "mlp"), dtype, name="fc1")(x)  # [B, T, M]
     h = nn.gelu(h, approximate=False)
     h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
     h = nn.Dropout(cfg.dropout)(h, deterministic=self.deterministic)
-    h = nn.Dense(
-      cfg.width,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=normal_init(("mlp", "embed")),
-      bias_init=zeros_init(("embed",)),
-      name="fc2",
-    )(h)  # [B, T, D]
+    h = Linear((cfg.width,), ("mlp", "embed"), dtype, name="fc2")(h)  # [B, T, D]
     return nn.Dropout(cfg.dropout)(h, deterministic=self.deterministic)
 
 

@@ -14,13 +14,15 @@ The AdaLN condition at q is class_embedding + timesteps[q].
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
-from rar_jax import layers
+from rar_jax import layers, sharding
 from rar_jax.presets import ModelConfig
 
 Array = jax.Array
@@ -136,14 +138,7 @@ class RAR(nn.Module):
     c = nn.with_logical_constraint(c.astype(dtype), ("batch", "length", "act_embed"))
     x, cache = BlockStack(cfg, self.deterministic, name="blocks")(x, c, start, cache)
     x = layers.FinalLayer(cfg, name="final")(x, c)
-    logits = nn.Dense(
-      cfg.codebook_size,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=layers.normal_init(("embed", "codes")),
-      bias_init=layers.zeros_init(("codes",)),
-      name="lm_head",
-    )(x)
+    logits = layers.Linear((cfg.codebook_size,), ("embed", "codes"), dtype, name="lm_head")(x)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "act_codes"))
     return logits.astype(jnp.float32), cache
 
@@ -160,7 +155,8 @@ def raster_orders(cfg: ModelConfig, batch: int) -> Array:
 
 def training_ids(cfg: ModelConfig, tokens: Array, class_ids: Array, orders: Array) -> Array:
   """[B, L + 2] ids of the full training sequence: [cls (0), class token, permuted tokens]."""
-  permuted = jnp.take_along_axis(tokens, orders, axis=1)  # [B, L]
+  tokens = jnp.asarray(tokens, jnp.int32)
+  permuted = jnp.take_along_axis(tokens, jnp.asarray(orders), axis=1)  # [B, L]
   b = tokens.shape[0]
   prefix = jnp.stack([jnp.zeros((b,), tokens.dtype), class_tokens(cfg, class_ids)], axis=1)
   return jnp.concatenate([prefix.astype(permuted.dtype), permuted], axis=1)
@@ -193,9 +189,7 @@ def forward(
   ids = training_ids(cfg, tokens, class_ids, orders)
   model = RAR(cfg, deterministic=dropout_rng is None)
   rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-  logits, _ = model.apply(
-    {"params": params}, ids, class_tokens(cfg, class_ids), orders, rngs=rngs
-  )
+  logits, _ = model.apply({"params": params}, ids, class_tokens(cfg, class_ids), orders, rngs=rngs)
   return logits[:, 1:]  # drop the cls position
 
 
@@ -219,3 +213,19 @@ def init_params(cfg: ModelConfig, key: Array) -> Params:
 
 def count_params(params: Params) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = sharding.LOGICAL_RULES):
+  """NamedSharding of every parameter, from its logical axis names."""
+  return sharding.logical_shardings(abstract_params(cfg), mesh, rules)
+
+
+def init_params_sharded(
+  cfg: ModelConfig, key: Array, mesh: Mesh, rules: sharding.Rules = sharding.LOGICAL_RULES
+) -> Params:
+  """Initialises the parameters directly sharded over the mesh (never whole on one device)."""
+  init = jax.jit(
+    functools.partial(init_params, cfg), out_shardings=param_shardings(cfg, mesh, rules)
+  )
+  with sharding.activate(mesh, rules):
+    return init(key)

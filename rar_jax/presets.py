@@ -76,9 +76,7 @@ class ModelConfig:
       if not isinstance(value, int) or value <= 0:
         raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
     if self.width % self.heads:
-      raise ValueError(
-        f"model.width={self.width} is not divisible by model.heads={self.heads}"
-      )
+      raise ValueError(f"model.width={self.width} is not divisible by model.heads={self.heads}")
     for key in ("dropout", "attn_dropout"):
       value = getattr(self, key)
       if not 0.0 <= value < 1.0:

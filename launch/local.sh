@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Local entry point (CPU laptop or a single GPU/TPU host). Installs what it needs on first use.
+#
+#   bash launch/local.sh train [--config.x=y ...]   # the embedded default: digits, ~5 min on 2 CPUs
+#   bash launch/local.sh test [pytest args ...]     # lint + the whole test suite
+#
+# RAR_VENV picks the virtual environment (default .venv); it is created when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${RAR_VENV:-.venv}"
+stamp="$venv/.rar_jax-installed"
+if [[ ! -x "$venv/bin/python" ]]; then
+  python3 -m venv "$venv"
+fi
+if [[ ! -f "$stamp" || setup.cfg -nt "$stamp" ]]; then
+  # torch (CPU) only serves the tests of the .bin reader/writer; the package itself never needs it.
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' torch==2.13.0
+  touch "$stamp"
+fi
+py="$venv/bin/python"
+
+cmd="${1:-train}"
+shift || true
+case "$cmd" in
+  test)
+    "$py" -m ruff format --check .
+    "$py" -m ruff check .
+    "$py" -m pytest -q "$@"
+    ;;
+  train)
+    "$py" -m rar_jax.main --config=configs/digits.py --workdir="${RAR_WORKDIR:-workdirs/digits}" "$@"
+    ;;
+  *)
+    echo "usage: $0 [train|test] [args...]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,82 @@
+"""The training-time randomness of RAR: per-sample generation orders, the annealed
+randomness ratio r(step), and class-label dropout for classifier-free guidance.
+
+Everything here is jittable and draws from explicit PRNG keys (no host randomness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def sample_orders(key: Array, batch: int, seq_len: int, random_ratio: Array | float) -> Array:
+  """Each sample's generation order: a uniform random permutation with probability r, else raster.
+
+  Args:
+    key: PRNG key.
+    batch: number of samples B.
+    seq_len: number of tokens L.
+    random_ratio: r in [0, 1], a scalar (may be traced).
+
+  Returns:
+    [B, L] int32 orders; orders[b, i] is the raster position generated at step i.
+  """
+  use_key, perm_key = jax.random.split(key)
+  use_random = jax.random.uniform(use_key, (batch,)) < random_ratio  # [B]
+  perms = jnp.argsort(jax.random.uniform(perm_key, (batch, seq_len)), axis=1)  # [B, L]
+  raster = jnp.arange(seq_len, dtype=jnp.int32)[None, :]
+  return jnp.where(use_random[:, None], perms.astype(jnp.int32), raster)
+
+
+def permute(x: Array, orders: Array) -> Array:
+  """x[b, orders[b, i]] for x [B, L, ...] and orders [B, L]."""
+  idx = orders.reshape(orders.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=1)
+
+
+def randomness_ratio(step: Array | int, anneal_start: int, anneal_end: int) -> Array:
+  """r(step): 1 before anneal_start, linear to 0 at anneal_end, 0 after (official schedule).
+
+  With anneal_start == anneal_end the ratio drops from 1 to 0 at that step.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  span = max(anneal_end - anneal_start, 1)
+  return jnp.clip(1.0 - (step - anneal_start) / span, 0.0, 1.0)
+
+
+def anneal_steps(cfg: Mapping[str, Any], total_steps: int) -> tuple[int, int]:
+  """Resolves a `randomness` config group to (start, end) in optimizer steps.
+
+  Each end is given either in steps (`anneal_start_steps`) or as a fraction of the total
+  (`anneal_start_fraction`), never both.
+
+  Raises:
+    ValueError: naming the key when both or neither form is set, or when end < start.
+  """
+  bounds = []
+  for name in ("anneal_start", "anneal_end"):
+    steps, fraction = cfg.get(f"{name}_steps"), cfg.get(f"{name}_fraction")
+    if (steps is None) == (fraction is None):
+      raise ValueError(
+        f"set exactly one of randomness.{name}_steps and randomness.{name}_fraction "
+        f"(got {steps!r} and {fraction!r})"
+      )
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+      raise ValueError(f"randomness.{name}_fraction must be in [0, 1], got {fraction!r}")
+    bounds.append(int(steps) if steps is not None else round(fraction * total_steps))
+  start, end = bounds
+  if end < start:
+    raise ValueError(f"randomness anneal end ({end} steps) is before its start ({start} steps)")
+  return start, end
+
+
+def drop_labels(key: Array, class_ids: Array, drop_prob: float, null_class: int) -> Array:
+  """Replaces each class index by the null class with probability drop_prob (CFG training)."""
+  drop = jax.random.uniform(key, class_ids.shape) < drop_prob
+  return jnp.where(drop, null_class, class_ids)
