@@ -41,13 +41,14 @@ def permute(x: Array, orders: Array) -> Array:
 
 
 def randomness_ratio(step: Array | int, anneal_start: int, anneal_end: int) -> Array:
-  """r(step): 1 before anneal_start, linear to 0 at anneal_end, 0 after (official schedule).
+  """r(step): 1 before anneal_start, linear to 0 at anneal_end, 0 from then on.
 
-  With anneal_start == anneal_end the ratio drops from 1 to 0 at that step.
+  This is the official schedule; with anneal_start == anneal_end it switches from 1 to 0 at
+  that step, so (0, 0) is raster-only and (total, total) random-only training.
   """
   step = jnp.asarray(step, jnp.float32)
-  span = max(anneal_end - anneal_start, 1)
-  return jnp.clip(1.0 - (step - anneal_start) / span, 0.0, 1.0)
+  linear = 1.0 - (step - anneal_start) / max(anneal_end - anneal_start, 1)
+  return jnp.where(step < anneal_start, 1.0, jnp.where(step >= anneal_end, 0.0, linear))
 
 
 def anneal_steps(cfg: Mapping[str, Any], total_steps: int) -> tuple[int, int]:
