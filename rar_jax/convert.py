@@ -233,3 +233,40 @@ def save_official(params: Params, cfg: ModelConfig, path: str | os.PathLike, **k
   from rar_jax import torch_io  # noqa: PLC0415
 
   torch_io.save_state_dict(to_official(params, cfg), path, **kwargs)
+
+
+# The official optimizer excludes from weight decay every tensor with ndim < 2 or whose name
+# contains one of these (utils/train_utils.py::create_optimizer).
+_NO_DECAY_SUBSTRINGS = (
+  "ln",
+  "bias",
+  "embedding",
+  "embed",
+  "norm",
+  "gamma",
+  "latent_tokens",
+  "mask_token",
+)
+
+
+def _official_decays(name: str, shape: tuple[int, ...]) -> bool:
+  return len(shape) >= 2 and not any(s in name for s in _NO_DECAY_SUBSTRINGS)
+
+
+def weight_decay_mask(cfg: ModelConfig) -> Params:
+  """Tree of bools over our parameters: True where the official recipe applies weight decay.
+
+  Decided on the official names, so e.g. `cls_token` is decayed and the whole
+  `adaln_before_head` is not ("adaln" contains "ln"), exactly as upstream.
+  """
+  mask: Params = {}
+  for key, rule in _top_rules(cfg).items():
+    _set(mask, rule.path, _official_decays(key, rule.official_shape))
+  layer: Params = {}
+  for key, rule in _block_rules(cfg).items():
+    _set(layer, rule.path, _official_decays(f"blocks.0.{key}", rule.official_shape))
+  if cfg.scan_layers:
+    mask["blocks"] = {"layers": layer}
+  else:
+    mask["blocks"] = {f"layers_{i}": layer for i in range(cfg.depth)}
+  return mask

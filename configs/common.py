@@ -1,0 +1,69 @@
+"""Defaults shared by every training config: the official RAR recipe (rar_official.md 2)."""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The official recipe at ImageNet scale; experiment configs override what differs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 42
+
+  c.model = ml_collections.ConfigDict()
+  c.model.variant = "B"  # B, L, XL, XXL; explicit width/depth/heads/mlp_dim override it
+  c.model.width = placeholder(int)
+  c.model.depth = placeholder(int)
+  c.model.heads = placeholder(int)
+  c.model.mlp_dim = placeholder(int)
+  c.model.seq_len = 256
+  c.model.codebook_size = 1024
+  c.model.num_classes = 1000
+  c.model.dropout = 0.1
+  c.model.attn_dropout = 0.1
+  c.model.dtype = "bfloat16"  # compute dtype; parameters, logits and loss stay float32
+  c.model.scan_layers = True
+  c.model.remat_policy = "none"  # none | full | dots | dots_no_batch
+
+  # r = 1 until the anneal start, linear to 0 at its end. Give each end in steps or as a
+  # fraction of train.steps (set the other to None).
+  c.randomness = ml_collections.ConfigDict()
+  c.randomness.anneal_start_steps = placeholder(int)
+  c.randomness.anneal_end_steps = placeholder(int)
+  c.randomness.anneal_start_fraction = 0.5  # 125k of 250k (epoch 200 of 400)
+  c.randomness.anneal_end_fraction = 0.75  # 187.5k of 250k (epoch 300 of 400)
+  c.randomness.label_dropout = 0.1
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 4e-4
+  c.optim.end_lr = 1e-5
+  c.optim.warmup_steps = 62_500
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.96
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.03
+  c.optim.grad_clip_norm = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 250_000
+  c.train.global_batch = 2048
+  c.train.log_every = 50
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 5_000
+  c.checkpoint.keep = 3
+  c.checkpoint.keep_every = 50_000  # also keep every 50k-th step for good; 0 = none
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor) per slice; one may be -1
+  c.mesh.dcn_data = 1  # slices (multislice): the data axis spans them
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = placeholder(str)
+  c.data.builtin = ""
+  c.data.worker_count = 0
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.guidance_scale = 16.0
+  c.sampling.guidance_power = 2.75
+  c.sampling.temperature = 1.0
+  return c

@@ -1,0 +1,53 @@
+"""Multi-process start-up: `jax.distributed.initialize` before anything queries devices."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import jax
+from absl import logging
+
+# Explicit coordinator variables (any cluster): address host:port, process count and id.
+EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def detect(env: Mapping[str, str] = os.environ) -> dict | None:
+  """How this process should join a multi-process run, or None for a single process.
+
+  Returns the keyword arguments for jax.distributed.initialize: explicit values from the
+  JAX_* variables, or {} to let JAX auto-detect a TPU pod slice or a SLURM job.
+  """
+  present = [name for name in EXPLICIT if env.get(name)]
+  if present:
+    if len(present) != len(EXPLICIT):
+      missing = sorted(set(EXPLICIT) - set(present))
+      raise ValueError(
+        f"set all of {EXPLICIT} for an explicit multi-process run; missing {missing}"
+      )
+    return {
+      "coordinator_address": env["JAX_COORDINATOR_ADDRESS"],
+      "num_processes": int(env["JAX_NUM_PROCESSES"]),
+      "process_id": int(env["JAX_PROCESS_ID"]),
+    }
+  if int(env.get("SLURM_NTASKS", "1")) > 1:
+    return {}
+  hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+  if "," in hosts or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return {}
+  return None
+
+
+def initialize(env: Mapping[str, str] = os.environ) -> None:
+  """Joins the multi-process run this process belongs to, if any."""
+  kwargs = detect(env)
+  if kwargs is None:
+    return
+  jax.distributed.initialize(**kwargs)
+  logging.info(
+    "Process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )

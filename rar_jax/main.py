@@ -1,0 +1,32 @@
+"""Entry point of the training job.
+
+  python -m rar_jax.main --config=configs/digits.py --workdir=workdirs/digits
+  python -m rar_jax.main --config=configs/imagenet.py:XL --workdir=gs://bucket/rar_xl \
+      --config.train.global_batch=1024
+
+Any config key can be overridden with --config.<key>=<value>.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rar_jax import distributed
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file and argument, e.g. configs/imagenet.py:L.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs (local path or gs://).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.initialize()  # before anything below queries devices
+  from rar_jax import train  # noqa: PLC0415
+
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

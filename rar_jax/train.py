@@ -1,0 +1,164 @@
+"""The training job: `train_and_evaluate(config, workdir)`.
+
+Wiring only: config validation, mesh, data, state (restored or created sharded), the compiled
+step, and the loop with checkpoints, metrics, preemption handling and periodic sample grids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from rar_jax import (
+  checkpointing,
+  datasets,
+  input_pipeline,
+  metrics,
+  optim,
+  presets,
+  randomization,
+  sharding,
+  train_state,
+  train_step,
+)
+from rar_jax.presets import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the config resolves to, checked before anything compiles."""
+
+  model: ModelConfig
+  mesh: jax.sharding.Mesh
+  total_steps: int
+  anneal: tuple[int, int]
+  global_batch: int
+
+
+def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
+  """Validates the config against the devices; raises ValueError naming the bad key/value."""
+  model_cfg = presets.resolve(config.model)
+  total = config.train.steps
+  if total <= 0:
+    raise ValueError(f"train.steps must be positive, got {total}")
+  anneal = randomization.anneal_steps(config.randomness, total)
+  mesh = sharding.make_mesh(config.mesh.shape, config.mesh.dcn_data, devices)
+  dp = sharding.data_parallel_size(mesh)
+  batch = config.train.global_batch
+  if batch <= 0 or batch % dp:
+    raise ValueError(
+      f"train.global_batch={batch} is not divisible by the data-parallel size {dp} "
+      f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})"
+    )
+  return Plan(model_cfg, mesh, total, anneal, batch)
+
+
+class PreemptionGuard:
+  """SIGTERM (TPU maintenance, spot VMs) asks the loop to checkpoint and exit cleanly. With
+  several processes, Orbax's preemption sync point makes every host stop at the same step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: checkpointing at the current step, then exiting")
+    self.requested = True
+
+  def should_stop(self, step: int, manager: Any) -> bool:
+    if jax.process_count() > 1:
+      return manager.reached_preemption(step)
+    return self.requested
+
+  def close(self) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _compile(step_fn, state, batch, mesh, rules):
+  start = time.perf_counter()
+  with sharding.activate(mesh, rules):
+    compiled = step_fn.lower(state, batch).compile()
+  seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    logging.info(
+      "Train step compiled in %.1fs; per device: arguments %.1f MiB, temporaries %.1f MiB",
+      seconds,
+      memory.argument_size_in_bytes / 2**20,
+      memory.temp_size_in_bytes / 2**20,
+    )
+  return compiled, seconds
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
+  """Trains (or resumes) the model described by config, writing everything under workdir."""
+  plan = resolve(config)
+  rules = sharding.LOGICAL_RULES
+  data_dir = datasets.prepare(config.data, plan.model)
+  tx, schedule = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
+  data_iter = iter(
+    input_pipeline.make_dataset(
+      data_dir,
+      global_batch=plan.global_batch,
+      seed=config.seed,
+      worker_count=config.data.worker_count,
+    )
+  )
+  manager = checkpointing.make_manager(workdir, config.checkpoint)
+  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, rules)
+  state = checkpointing.restore_latest(manager, abstract, data_iter)
+  if state is None:
+    state = train_state.init_sharded(plan.model, tx, config.seed, plan.mesh, rules)
+  step = int(state.step)
+
+  sc = train_step.StepConfig(plan.model, *plan.anneal, config.randomness.label_dropout)
+  state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+  step_fn = train_step.jit_train_step(sc, tx, schedule, plan.mesh, state_sh, rules)
+  batch_sh = sharding.batch_sharding(plan.mesh)
+  batch_spec = {
+    "tokens": jax.ShapeDtypeStruct(
+      (plan.global_batch, plan.model.seq_len), jnp.int32, sharding=batch_sh
+    ),
+    "label": jax.ShapeDtypeStruct((plan.global_batch,), jnp.int32, sharding=batch_sh),
+  }
+  compiled, compile_s = _compile(step_fn, abstract, batch_spec, plan.mesh, rules)
+
+  writer = metric_writers.create_default_writer(
+    workdir, just_logging=jax.process_index() > 0, asynchronous=True
+  )
+  if step == 0:
+    writer.write_hparams(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+  writer.write_scalars(step, {"compile_time_s": compile_s})
+  logger = metrics.TrainMetrics(writer, plan.model, plan.global_batch, config.train.log_every)
+  progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=writer)
+  guard = PreemptionGuard()
+  try:
+    while step < plan.total_steps:
+      batch = input_pipeline.to_global(next(data_iter), batch_sh)
+      with sharding.activate(plan.mesh, rules):
+        state, step_metrics = compiled(state, batch)
+      step += 1
+      logger.push(step, step_metrics)
+      progress(step)
+      preempted = guard.should_stop(step, manager)
+      if preempted or step % config.checkpoint.every_steps == 0 or step == plan.total_steps:
+        logger.flush()  # verifies this step is finite before it is saved
+        checkpointing.save(manager, step, state, data_iter, force=preempted)
+      if preempted:
+        logging.warning("Stopped at step %d after SIGTERM; checkpoint written", step)
+        break
+    logger.flush()
+  finally:
+    guard.close()
+    manager.wait_until_finished()
+    writer.flush()
+  return state

@@ -1,0 +1,137 @@
+"""The jitted sampler: cached loop = full forward, guidance, seeds across meshes, compiles."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rar_jax import model, presets, randomization, sampling, sharding
+
+CFG = presets.resolve(
+  dict(width=32, depth=2, heads=4, mlp_dim=64, seq_len=16, codebook_size=32, num_classes=10)
+)
+L, V = CFG.seq_len, CFG.codebook_size
+_forward = jax.jit(model.forward, static_argnums=0)
+GUIDED = sampling.SamplingConfig(guidance_scale=3.0, guidance_power=1.5, temperature=1.3)
+
+
+@jax.jit
+def _random_params(key):
+  """init_params with every zero-initialised leaf (AdaLN-Zero, biases, cls) made random."""
+  init_key, noise_key = jax.random.split(key)
+  leaves, treedef = jax.tree.flatten(model.init_params(CFG, init_key))
+  keys = jax.random.split(noise_key, len(leaves))
+  noisy = [0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+  leaves = [jnp.where(x.any(), x, n) for x, n in zip(leaves, noisy, strict=True)]
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def _params(seed: int = 0):
+  return _random_params(jax.random.key(seed))
+
+
+@pytest.fixture(scope="module")
+def params():
+  return _params()
+
+
+def _orders(b: int, seed: int = 0):
+  """Half raster, half random orders."""
+  return randomization.sample_orders(jax.random.key(seed), b, L, 0.5)
+
+
+def test_score_through_cache_matches_full_forward(params):
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, V, (4, L)))
+  labels = jnp.array([0, 3, 9, 5])
+  orders = jnp.stack([jnp.arange(L), *(jnp.asarray(rng.permutation(L)) for _ in range(3))])
+  plain = sampling.SamplingConfig()
+  full = _forward(CFG, params, tokens, labels, orders)[:, :L]
+  np.testing.assert_allclose(
+    sampling.score(CFG, params, tokens, labels, plain, orders), full, atol=1e-5
+  )
+  raster = _forward(CFG, params, tokens, labels)[:, :L]
+  np.testing.assert_allclose(sampling.score(CFG, params, tokens, labels, plain), raster, atol=1e-5)
+  # Guided: both halves teacher-forced with the same tokens, s_t per step, temperature after.
+  null = _forward(CFG, params, tokens, jnp.full_like(labels, CFG.null_class), orders)[:, :L]
+  s = sampling.guidance_schedule(GUIDED, jnp.arange(L), L)[None, :, None]
+  expected = (null + (full - null) * s) / GUIDED.temperature
+  got = sampling.score(CFG, params, tokens, labels, GUIDED, orders)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_guidance_scale_one_is_conditional(params):
+  rng = np.random.default_rng(1)
+  cond, uncond = (jnp.asarray(rng.normal(size=(3, V)), jnp.float32) for _ in range(2))
+  np.testing.assert_array_equal(sampling.guided_logits(cond, uncond, 1.0), cond)
+  one = sampling.SamplingConfig(guidance_scale=1.0, guidance_power=2.0)
+  interleaved = jnp.stack([cond, uncond], axis=1).reshape(6, V)
+  for t in (0, 7, L - 1):
+    np.testing.assert_array_equal(sampling.step_logits(one, interleaved, t, L), cond)
+  labels, key = jnp.arange(8) % 10, jax.random.key(3)
+  off = sampling.generate(CFG, params, labels, key, sampling.SamplingConfig())
+  on = sampling.generate(CFG, params, labels, key, one)
+  np.testing.assert_array_equal(on, off)
+  strong = sampling.generate(CFG, params, labels, key, sampling.SamplingConfig(guidance_scale=8.0))
+  assert not np.array_equal(strong, off)
+
+
+def test_same_seed_same_tokens_on_every_mesh(params):
+  assert jax.config.jax_threefry_partitionable
+  sampler = sampling.make_sampler(CFG, GUIDED)
+  labels, key, orders = jnp.arange(8) % 10, jax.random.key(7), _orders(8)
+  expected = np.asarray(sampler(params, labels, key, orders))
+  assert expected.dtype == np.int32 and expected.shape == (8, L)
+  assert ((expected >= 0) & (expected < V)).all()
+  np.testing.assert_array_equal(sampler(params, labels, key, orders), expected)
+  assert not np.array_equal(sampler(params, labels, jax.random.key(8), orders), expected)
+  for shape in ((8, 1, 1), (2, 2, 2)):
+    mesh = sharding.make_mesh(shape)
+    given = params
+    if shape == (2, 2, 2):  # parameters FSDP/tensor-sharded as in training
+      given = jax.device_put(params, model.param_shardings(CFG, mesh))
+    tokens = sampling.sample_on_mesh(sampler, mesh, given, labels, key, orders)
+    assert len(tokens.sharding.device_set) == 8
+    np.testing.assert_array_equal(tokens, expected, err_msg=str(shape))
+
+
+def test_one_compile_per_batch_shape():
+  sampler = sampling.make_sampler(CFG, sampling.SamplingConfig(temperature=0.9))
+  a = sampler(_params(1), jnp.arange(4), jax.random.key(0), _orders(4, 1))
+  b = sampler(_params(2), jnp.array([9, 8, 7, 6]), jax.random.key(1), _orders(4, 2))
+  assert sampler._cache_size() == 1
+  assert not np.array_equal(a, b)
+
+
+def test_top_k_one_is_greedy_on_guided_logits(params):
+  labels, orders = jnp.array([1, 2, 3, 4]), _orders(4, 3)
+  greedy = sampling.SamplingConfig(guidance_scale=3.0, guidance_power=1.5, top_k=1)
+  tokens = sampling.generate(CFG, params, labels, jax.random.key(0), greedy, orders)
+  logits = sampling.score(CFG, params, tokens, labels, GUIDED, orders)  # no top-k
+  step_tokens = randomization.permute(tokens, orders)
+  np.testing.assert_array_equal(jnp.argmax(logits, axis=-1), step_tokens)
+
+
+def test_top_k_and_top_p_filters():
+  logits = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]]))
+  kept = lambda cfg: np.isfinite(sampling.step_logits(cfg, logits, 0, L))[0].tolist()
+  assert kept(sampling.SamplingConfig(top_k=2)) == [False, True, False, True]
+  assert kept(sampling.SamplingConfig(top_p=0.75)) == [False, True, False, True]
+  assert kept(sampling.SamplingConfig(top_p=0.85)) == [False, True, True, True]
+  assert kept(sampling.SamplingConfig(top_p=0.01)) == [False, True, False, False]
+  with pytest.raises(ValueError, match="sampling.top_p"):
+    sampling.SamplingConfig(top_p=0.0)
+  with pytest.raises(ValueError, match="sampling.temperature"):
+    sampling.SamplingConfig(temperature=0.0)
+
+
+def test_power_cosine_schedule():
+  t = jnp.arange(256)
+  s = sampling.guidance_schedule(sampling.SamplingConfig(16.0, 2.75), t, 256)
+  assert float(s[0]) == 1.0
+  assert (jnp.diff(s) >= 0).all() and 15.9 < float(s[-1]) < 16.0
+  assert float(sampling.guidance_schedule(sampling.SamplingConfig(16.0, 2.75), 256, 256)) == 16.0
+  constant = sampling.guidance_schedule(sampling.SamplingConfig(4.0, 0.0), t, 256)
+  np.testing.assert_allclose(constant, 4.0, rtol=1e-6)  # 0^0 = 1, even at t = 0
+  mid = sampling.guidance_schedule(sampling.SamplingConfig(5.0, 1.0), 128, 256)
+  np.testing.assert_allclose(mid, 3.0, rtol=1e-6)  # cos(pi / 2) = 0 -> halfway
