@@ -7,9 +7,8 @@ Sources (`config.source`):
   imagenet_tfds  `tfds.data_source(config.tfds_name, split=config.split, data_dir=...)`. Reading
                  prepared data needs no TensorFlow, but preparing ImageNet does, and the builder
                  needs BOTH ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in manual_dir:
-                   python -c "import tensorflow_datasets as tfds; tfds.builder('imagenet2012',
-                     data_dir='DATA', file_format='array_record').download_and_prepare(
-                     download_config=tfds.download.DownloadConfig(manual_dir='TARS'))"
+                   tfds build imagenet2012 --data_dir=DATA --manual_dir=TARS \
+                     --file_format=array_record    # single process: hours, ~150 GB
   image_folder   `config.path`/<class>/**/<image>: classes sorted by name give the labels (an
                  empty class folder keeps its index), files sorted (torchvision ImageFolder).
   jsonl          the official `maskgitvq.jsonl`, lines {"class_id": int, "tokens": [ints]};
@@ -38,7 +37,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import ml_collections
@@ -74,7 +73,7 @@ def make_config(source: str = "imagenet_tfds") -> ml_collections.ConfigDict:
   c.split = "train"
   c.augmentation = "ten_crop"
   c.image_size = 256
-  c.batch_size = 64
+  c.batch_size = 256
   c.records_per_shard = 100_000 if source == "jsonl" else 10_000
   c.num_workers = 16
   c.wait_timeout_s = 24 * 3600.0
@@ -88,22 +87,14 @@ def make_config(source: str = "imagenet_tfds") -> ml_collections.ConfigDict:
     dict(seq_len=256, codebook_size=1024, num_classes=1000, tokenizer_name="maskgit-vqgan-f16-256")
   )
   if source == "digits":
-    c.augmentation, c.image_size, c.batch_size, c.records_per_shard = "none", 8, 256, 1000
+    c.augmentation, c.image_size, c.records_per_shard = "none", 8, 1000
     c.tokenizer.kind = "pixel"
   return c
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources: `load(i)` -> (image uint8 [H, W, 3], PIL image or float [H, W], label).
-
-
-class ImageSource(Protocol):
-  description: str
-  num_classes: int
-
-  def __len__(self) -> int: ...
-
-  def load(self, index: int) -> tuple[Any, int]: ...
+# Sources. Image sources have `load(i)` -> (uint8 [H, W, 3] or PIL image or float [H, W], label);
+# JsonlSource has `read(start, stop)` -> (tokens, label) items. All: len, num_classes, description.
 
 
 class TfdsSource:
@@ -210,14 +201,14 @@ class JsonlSource:
     if not isinstance(tokens, list) or len(tokens) != self.spec.seq_len:
       count = len(tokens) if isinstance(tokens, list) else type(tokens).__name__
       raise ValueError(f"{where}: expected {self.spec.seq_len} tokens, got {count}")
-    ints = [t for t in tokens + [label] if isinstance(t, int) and not isinstance(t, bool)]
-    if len(ints) != len(tokens) + 1:
+    array = np.asarray(tokens)
+    if array.dtype.kind not in "iu" or not isinstance(label, int) or isinstance(label, bool):
       raise ValueError(f"{where}: tokens and class_id must be integers")
     try:
-      self.spec.check(np.asarray(tokens), label)
+      self.spec.check(array, label)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from None
-    return np.asarray(tokens, np.int64), label
+    return array, label
 
 
 def _line_offsets(path: str, block: int = 1 << 24) -> np.ndarray:
@@ -232,7 +223,9 @@ def _line_offsets(path: str, block: int = 1 << 24) -> np.ndarray:
   return offsets[:-1] if offsets[-1] == size else offsets
 
 
-def make_source(config: ml_collections.ConfigDict) -> ImageSource | JsonlSource:
+def make_source(
+  config: ml_collections.ConfigDict,
+) -> TfdsSource | ImageFolderSource | DigitsSource | JsonlSource:
   """The source named by config.source; FileNotFoundError for a missing path."""
   if config.source in ("image_folder", "jsonl") and not config.path:
     raise ValueError(f"source {config.source!r} needs config.path")
@@ -299,6 +292,7 @@ def _encode(tokenizer: Any, crops: np.ndarray, batch: int) -> np.ndarray:
 
 
 def _write_image_shard(source, tokenizer, aug, batch_size, pool, spec, path, items, bar) -> None:
+  """Loads and crops source items in the pool, tokenizes them batch by batch, writes records."""
   size = tokenizer.image_size
   per_step = max(1, batch_size // aug.num_crops)  # source items per tokenizer call
   dp = getattr(tokenizer, "data_parallel", 1)
@@ -349,10 +343,10 @@ def _wait_for(paths: Sequence[str], timeout_s: float) -> None:
 
 
 def _plan(config: ml_collections.ConfigDict, process_count: int, tokenizer: Any) -> dict:
-  content = {key: config.to_dict()[key] for key in CONTENT_KEYS}
+  plan = {key: config.to_dict()[key] for key in CONTENT_KEYS}
   if tokenizer is not None:  # injected: its name stands for the tokenizer config
-    content["tokenizer"] = tokenizer.name
-  return json.loads(json.dumps({"config": content, "process_count": process_count}))
+    plan["tokenizer"] = tokenizer.name
+  return json.loads(json.dumps({**plan, "process_count": process_count}))  # tuples -> lists
 
 
 def _check_plan(output_dir: str, plan: dict) -> bool:
@@ -362,10 +356,8 @@ def _check_plan(output_dir: str, plan: dict) -> bool:
     return False
   with open(path) as f:
     stored = json.load(f)
-  if stored != plan:
-    flat = {**stored["config"], "process_count": stored["process_count"]}
-    new = {**plan["config"], "process_count": plan["process_count"]}
-    diff = [f"{k}: {flat.get(k)!r} -> {new.get(k)!r}" for k in new if flat.get(k) != new.get(k)]
+  diff = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in plan.items() if stored.get(k) != v]
+  if diff:
     raise ValueError(
       f"{output_dir} was written with a different config ({'; '.join(diff)}); rerun with the "
       "original values or use a new --output_dir"
@@ -396,6 +388,17 @@ def _prepare(config: ml_collections.ConfigDict, tokenizer: Any, pool) -> tuple:
   return source, tokenizer.name, spec, aug.num_crops, write
 
 
+def _write_mine(write, paths: list[str], shards: list[range], index: int, count: int) -> None:
+  """Writes host `index`'s shards (s % count == index) that are not complete yet."""
+  mine = range(index, len(shards), count)
+  todo = [s for s in mine if not records.shard_is_complete(paths[s])]
+  logging.info("%d shards; host %d writes %d of its %d", len(shards), index, len(todo), len(mine))
+  total = sum(len(shards[s]) for s in todo)
+  with tqdm(total=total, unit="item", desc=f"host {index}", smoothing=0.1) as bar:
+    for s in todo:
+      write(paths[s], shards[s], bar)
+
+
 def _count_shards(paths: Sequence[str], shards: Sequence[range], crops: int) -> list:
   """ShardInfo per shard; ValueError when a shard's count does not match its items."""
   infos = []
@@ -421,13 +424,13 @@ def run(
   config.tokenizer. process_index/process_count default to jax's. Process 0 writes
   metadata.json; a complete output_dir is returned as is.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} is outside [0, {process_count})")
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if not 0 <= index < count:
+    raise ValueError(f"process_index={index} is outside [0, {count})")
   if config.records_per_shard <= 0 or config.batch_size <= 0:
     raise ValueError("records_per_shard and batch_size must be positive")
-  plan = _plan(config, process_count, tokenizer)
+  plan = _plan(config, count, tokenizer)
   has_plan = _check_plan(output_dir, plan)
   if os.path.isfile(os.path.join(output_dir, records.METADATA_FILENAME)):
     logging.info("%s is already complete; nothing to do", output_dir)
@@ -437,18 +440,11 @@ def run(
     source, name, spec, crops, write = _prepare(config, tokenizer, pool)
     os.makedirs(output_dir, exist_ok=True)
     if not has_plan:
-      _write_plan(output_dir, plan, process_index)
+      _write_plan(output_dir, plan, index)
     shards = shard_ranges(len(source), config.records_per_shard)
-    names = [records.shard_filename(config.split, s % process_count, s) for s in range(len(shards))]
+    names = [records.shard_filename(config.split, s % count, s) for s in range(len(shards))]
     paths = [os.path.join(output_dir, n) for n in names]
-    mine = range(process_index, len(shards), process_count)
-    todo = [s for s in mine if not records.shard_is_complete(paths[s])]
-    logging.info("%s: %d shards; host %d writes %d of its %d", source.description, len(shards),
-                 process_index, len(todo), len(mine))  # fmt: skip
-    total = sum(len(shards[s]) for s in todo)
-    with tqdm(total=total, unit="img", desc=f"host {process_index}", smoothing=0.1) as bar:
-      for s in todo:
-        write(paths[s], shards[s], bar)
+    _write_mine(write, paths, shards, index, count)
 
   _wait_for(paths, config.wait_timeout_s)
   infos = _count_shards(paths, shards, crops)
@@ -462,7 +458,7 @@ def run(
     source=source.description,
     shards=tuple(infos),
   )
-  if process_index == 0:
+  if index == 0:
     records.write_metadata(output_dir, meta)
   return meta
 

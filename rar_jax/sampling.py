@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from rar_jax import layers, model, sharding
+from rar_jax import layers, model, randomization, sharding
 from rar_jax.presets import ModelConfig
 
 Array = jax.Array
@@ -128,6 +128,18 @@ def step_logits(sampling: SamplingConfig, raw: Array, step: Array | int, num_ste
   return logits
 
 
+def _model_rows(
+  cfg: ModelConfig, class_ids: Array, orders: Array | None, rows: int
+) -> tuple[Array, Array]:
+  """Class tokens [R] and orders [R, L] of the R = B * rows model rows ((cond, null) pairs)."""
+  b = class_ids.shape[0]
+  orders = model.raster_orders(cfg, b) if orders is None else jnp.asarray(orders, jnp.int32)
+  classes = class_ids.astype(jnp.int32)
+  if rows == 2:
+    classes = jnp.stack([classes, jnp.full_like(classes, cfg.null_class)], axis=1).reshape(-1)
+  return model.class_tokens(cfg, classes), jnp.repeat(orders, rows, axis=0)
+
+
 def _decode(
   cfg: ModelConfig,
   sampling: SamplingConfig,
@@ -143,13 +155,8 @@ def _decode(
     tokens [B, L] int32 in step order, and the [B, L, V] step logits when forced (else None).
   """
   b, seq_len = class_ids.shape[0], cfg.seq_len
-  orders = model.raster_orders(cfg, b) if orders is None else jnp.asarray(orders, jnp.int32)
   rows = 2 if sampling.guided else 1  # model rows per sample
-  classes = class_ids.astype(jnp.int32)
-  if sampling.guided:
-    classes = jnp.stack([classes, jnp.full_like(classes, cfg.null_class)], axis=1).reshape(-1)
-  class_tok = model.class_tokens(cfg, classes)  # [R]
-  row_orders = jnp.repeat(orders, rows, axis=0)  # [R, L]
+  class_tok, row_orders = _model_rows(cfg, class_ids, orders, rows)
   apply = functools.partial(model.RAR(cfg).apply, {"params": params})
 
   def run(ids: Array, start: Array | int, cache: layers.KVCache):
@@ -210,8 +217,7 @@ def generate(
   step_tokens, _ = _decode(cfg, sampling, params, class_ids, orders, key, None)
   if orders is None:
     return step_tokens
-  rows = jnp.arange(step_tokens.shape[0])[:, None]
-  return jnp.zeros_like(step_tokens).at[rows, orders].set(step_tokens)
+  return randomization.permute(step_tokens, jnp.argsort(orders, axis=1))  # a gather, no scatter
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"))

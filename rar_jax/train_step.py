@@ -56,8 +56,8 @@ def train_step(
   metrics = {
     "loss": loss,
     "accuracy": accuracy,
-    "grad_norm": optax.global_norm(grads),
-    "param_norm": optax.global_norm(params),
+    "grad_norm": optax.tree.norm(grads),
+    "param_norm": optax.tree.norm(params),
     "learning_rate": schedule(state.step),
     "random_ratio": ratio,
   }

@@ -1,0 +1,181 @@
+"""The training job: mesh invariance, exact resume after SIGKILL, SIGTERM, checkpoint fallback,
+and config validation."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rar_jax import (
+  checkpointing,
+  input_pipeline,
+  optim,
+  presets,
+  sharding,
+  train,
+  train_state,
+  train_step,
+)
+from tests import train_worker
+
+WORKER = pathlib.Path(train_worker.__file__)
+ROOT = WORKER.parent.parent
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return train_worker.write_random_dataset(str(tmp_path_factory.mktemp("data")))
+
+
+def test_one_step_is_the_same_on_every_mesh():
+  cfg = presets.resolve(
+    dict(width=32, depth=2, heads=4, mlp_dim=64, seq_len=16, codebook_size=32, num_classes=10)
+  )
+  optim_cfg = dict(
+    lr=1e-3,
+    end_lr=1e-5,
+    warmup_steps=2,
+    b1=0.9,
+    b2=0.96,
+    eps=1e-8,
+    weight_decay=0.03,
+    grad_clip_norm=1.0,
+  )
+  tx, schedule = optim.make_optimizer(optim_cfg, cfg, 10)
+  sc = train_step.StepConfig(cfg, 0, 10, 0.1)
+  rng = np.random.default_rng(0)
+  batch = {
+    "tokens": rng.integers(0, 32, (8, 16), dtype=np.int32),
+    "label": rng.integers(0, 10, (8,), dtype=np.int32),
+  }
+  results = {}
+  for shape in [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]:
+    devices = jax.devices()[: int(np.prod(shape))]
+    mesh = sharding.make_mesh(shape, devices=devices)
+    state = train_state.init_sharded(cfg, tx, 0, mesh)
+    step = train_step.jit_train_step(
+      sc, tx, schedule, mesh, train_state.state_shardings(cfg, tx, mesh)
+    )
+    with sharding.activate(mesh):
+      state, metrics = step(state, input_pipeline.to_global(batch, sharding.batch_sharding(mesh)))
+    results[shape] = (float(metrics["loss"]), jax.device_get(state.params))
+  ref_loss, ref_params = results[(1, 1, 1)]
+  for shape, (loss, params) in results.items():
+    assert loss == pytest.approx(ref_loss, abs=1e-5), shape
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_params)
+
+
+def _start_worker(workdir, data_dir, steps, pause_at):
+  return subprocess.Popen(
+    [sys.executable, str(WORKER), str(workdir), data_dir, str(steps), str(pause_at)],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
+
+
+def _wait_for(proc, prefix, timeout=240):
+  import select
+
+  for _ in range(timeout * 10):
+    ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+    if ready:
+      line = proc.stdout.readline()
+      if line.startswith(prefix):
+        return line
+      if not line and proc.poll() is not None:
+        break
+  raise AssertionError(f"worker never printed {prefix!r} (exit code {proc.poll()})")
+
+
+def _params(workdir, data_dir, steps):
+  """Runs (or resumes) the tiny job in-process to `steps` and returns host params."""
+  return jax.device_get(
+    train.train_and_evaluate(train_worker.tiny_config(data_dir, steps), str(workdir)).params
+  )
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, data_dir):
+  killed, straight = tmp_path / "killed", tmp_path / "straight"
+  proc = _start_worker(killed, data_dir, 6, pause_at=3)
+  _wait_for(proc, "PAUSED 3")
+  proc.kill()  # SIGKILL: no handler, no cleanup
+  proc.wait()
+  resumed = _params(killed, data_dir, 6)
+  uninterrupted = _params(straight, data_dir, 6)
+  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+  # Same batches: the data iterators stand at the same position.
+  it = "checkpoints/6/data_iter/process_0-of-1.json"
+  assert (killed / it).read_text() == (straight / it).read_text()
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, data_dir):
+  proc = _start_worker(tmp_path, data_dir, 1000, pause_at=3)
+  _wait_for(proc, "PAUSED 3")
+  proc.send_signal(signal.SIGTERM)
+  assert _wait_for(proc, "DONE").strip() == "DONE 4"
+  assert proc.wait(timeout=60) == 0
+  config = train_worker.tiny_config(data_dir, 1000)
+  plan = train.resolve(config)
+  tx, _ = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
+  manager = checkpointing.make_manager(str(tmp_path), config.checkpoint)
+  assert manager.all_steps() == [3, 4]
+  data_iter = iter(input_pipeline.make_dataset(data_dir, global_batch=16, seed=config.seed))
+  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, sharding.LOGICAL_RULES)
+  state = checkpointing.restore_latest(manager, abstract, data_iter)
+  assert int(state.step) == 4
+
+
+def test_truncated_newest_checkpoint_falls_back(tmp_path, data_dir, caplog):
+  config = train_worker.tiny_config(data_dir, 6)
+  train.train_and_evaluate(config, str(tmp_path))
+  newest = tmp_path / "checkpoints" / "6" / "state"
+  biggest = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+  plan = train.resolve(config)
+  tx, _ = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
+  manager = checkpointing.make_manager(str(tmp_path), config.checkpoint)
+  data_iter = iter(input_pipeline.make_dataset(data_dir, global_batch=16, seed=config.seed))
+  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, sharding.LOGICAL_RULES)
+  with caplog.at_level("WARNING"):
+    state = checkpointing.restore_latest(manager, abstract, data_iter)
+  assert int(state.step) == 3
+  assert any(os.path.join("checkpoints", "6") in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+  "override,message",
+  [
+    (
+      {"train.global_batch": 12},
+      r"train.global_batch=12 is not divisible by the data-parallel size 8",
+    ),
+    ({"mesh.shape": (2, 2, 1)}, r"mesh shape \(2, 2, 1\) has 4 devices but 8 are available"),
+    (
+      {"randomness.anneal_start_fraction": 0.9},
+      r"anneal end \(8 steps\) is before its start \(9 steps\)",
+    ),
+    ({"model.variant": "XS"}, r"model.variant='XS' is not one of"),
+  ],
+)
+def test_config_errors_are_named(data_dir, override, message):
+  config = train_worker.tiny_config(data_dir, 10)
+  config.model.width = None if "model.variant" in override else config.model.width
+  for key, value in override.items():
+    group, name = key.split(".")
+    config[group][name] = value
+  with pytest.raises(ValueError, match=message):
+    train.resolve(config)
+
+
+def test_data_that_does_not_fit_the_model_is_named(tmp_path, data_dir):
+  config = train_worker.tiny_config(data_dir, 10)
+  config.model.codebook_size = 64
+  with pytest.raises(ValueError, match="codebook_size"):
+    train.train_and_evaluate(config, str(tmp_path))
