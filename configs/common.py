@@ -3,6 +3,8 @@
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from rar_jax import tokenizers
+
 
 def base_config() -> ml_collections.ConfigDict:
   """The official recipe at ImageNet scale; experiment configs override what differs."""
@@ -61,6 +63,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dir = placeholder(str)
   c.data.builtin = ""
   c.data.worker_count = 0
+
+  # The tokenizer decodes samples (previews, sample sets); VQGAN weights are a user file.
+  c.image_size = 256
+  c.tokenizer = tokenizers.default_config("vqgan")
+
+  # Sample previews: a grid of fixed classes in TensorBoard every grid_every steps (0 = off;
+  # needs tokenizer weights), and at the end samples_per_class for every class written to
+  # <workdir>/samples.png, scored when `score` names a scorer ("digits": a classifier).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.grid_every = 0
+  c.eval.grid_classes = (1, 207, 279, 388, 417, 812, 933, 980)
+  c.eval.samples_per_class = 0
+  c.eval.score = ""
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.guidance_scale = 16.0

@@ -41,6 +41,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.dir = "data/digits"
   config.data.builtin = "digits"
 
+  config.image_size = 8
+  config.tokenizer.kind = "pixel"
+  config.eval.grid_every = 500
+  config.eval.grid_classes = tuple(range(10))
+  config.eval.samples_per_class = 20
+  config.eval.score = "digits"
+
   config.sampling.guidance_scale = 2.0
   config.sampling.guidance_power = 0.0
   config.sampling.temperature = 1.0

@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.randomness.anneal_start_fraction = None
   config.randomness.anneal_end_fraction = None
   config.data.dir = "data/imagenet256_maskgitvq"
+  config.eval.grid_every = 5_000  # the official preview interval; needs tokenizer.weights
   (config.sampling.guidance_scale, config.sampling.guidance_power, config.sampling.temperature) = (
     SAMPLING[variant]
   )

@@ -31,7 +31,6 @@ No per-host lists are needed. A data dir with `metadata.json` and the same plan 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import functools
 import json
 import os
@@ -49,7 +48,7 @@ from ml_collections import config_flags
 from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import augment, records, sharding, vqgan
+from rar_jax import augment, records, tokenizers, vqgan
 from rar_jax.pixel_tokenizer import PixelTokenizer
 
 SOURCES = ("imagenet_tfds", "image_folder", "jsonl", "digits")
@@ -77,12 +76,7 @@ def make_config(source: str = "imagenet_tfds") -> ml_collections.ConfigDict:
   c.records_per_shard = 100_000 if source == "jsonl" else 10_000
   c.num_workers = 16
   c.wait_timeout_s = 24 * 3600.0
-  c.tokenizer = ml_collections.ConfigDict()
-  c.tokenizer.kind = "vqgan"
-  c.tokenizer.weights = ml_collections.config_dict.placeholder(str)
-  c.tokenizer.levels = 17
-  c.tokenizer.vqgan = ml_collections.ConfigDict(dataclasses.asdict(vqgan.VQGANConfig()))
-  c.tokenizer.vqgan.resolution = c.get_ref("image_size")
+  c.tokenizer = tokenizers.default_config("vqgan")
   c.jsonl = ml_collections.ConfigDict(
     dict(seq_len=256, codebook_size=1024, num_classes=1000, tokenizer_name="maskgit-vqgan-f16-256")
   )
@@ -243,19 +237,7 @@ def make_source(
 
 def make_tokenizer(config: ml_collections.ConfigDict) -> vqgan.Tokenizer | PixelTokenizer:
   """PixelTokenizer, or the VQGAN from config.tokenizer.weights on this host's devices."""
-  t = config.tokenizer
-  if t.kind == "pixel":
-    return PixelTokenizer(levels=t.levels, image_size=config.image_size)
-  if t.kind != "vqgan":
-    raise ValueError(f"unknown tokenizer.kind {t.kind!r}; use 'vqgan' or 'pixel'")
-  if not t.weights or not os.path.isfile(t.weights):
-    raise FileNotFoundError(
-      f"VQGAN weights not found: {t.weights!r} (set --config.tokenizer.weights to "
-      "maskgit-vqgan-imagenet-f16-256.bin; nothing is downloaded)"
-    )
-  cfg = vqgan.VQGANConfig(**{**t.vqgan.to_dict(), "channel_mult": tuple(t.vqgan.channel_mult)})
-  mesh = sharding.make_mesh(devices=jax.local_devices())
-  return vqgan.Tokenizer(cfg, vqgan.load_official(t.weights, cfg), mesh=mesh)
+  return tokenizers.build(config.tokenizer, config.image_size)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,10 +20,12 @@ from clu import metric_writers, periodic_actions
 from rar_jax import (
   checkpointing,
   datasets,
+  export,
   input_pipeline,
   metrics,
   optim,
   presets,
+  previews,
   randomization,
   sharding,
   train_state,
@@ -113,6 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       worker_count=config.data.worker_count,
     )
   )
+  export.write_workdir_config(workdir, config)
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   abstract = train_state.abstract_state(plan.model, tx, plan.mesh, rules)
   state = checkpointing.restore_latest(manager, abstract, data_iter)
@@ -140,6 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   writer.write_scalars(step, {"compile_time_s": compile_s})
   logger = metrics.TrainMetrics(writer, plan.model, plan.global_batch, config.train.log_every)
   progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=writer)
+  preview = previews.Previews(config, plan.model, plan.mesh)
   guard = PreemptionGuard()
   try:
     while step < plan.total_steps:
@@ -149,6 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       step += 1
       logger.push(step, step_metrics)
       progress(step)
+      preview.maybe_write_grid(step, state.params, writer)
       preempted = guard.should_stop(step, manager)
       if preempted or step % config.checkpoint.every_steps == 0 or step == plan.total_steps:
         logger.flush()  # verifies this step is finite before it is saved
@@ -157,6 +162,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         logging.warning("Stopped at step %d after SIGTERM; checkpoint written", step)
         break
     logger.flush()
+    if step == plan.total_steps:
+      with progress.timed("final_samples"):
+        result = preview.final_report(state.params, workdir)
+      if result:
+        writer.write_scalars(step, {"sample_accuracy": result["accuracy"]})
+        logging.info("Sample score at step %d: %s", step, result)
   finally:
     guard.close()
     manager.wait_until_finished()
