@@ -242,30 +242,40 @@ def _read_exact(f: Any, size: int, path: str) -> bytes:
   return b"".join(chunks)
 
 
+def _read_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+  """(shape, fortran_order, dtype) of an `.npy` stream at its start; None for header versions
+  other than 1.0 / 2.0."""
+  version = np.lib.format.read_magic(f)
+  if version == (1, 0):
+    return np.lib.format.read_array_header_1_0(f)
+  if version == (2, 0):
+    return np.lib.format.read_array_header_2_0(f)
+  return None
+
+
+def _open_member(archive: zipfile.ZipFile, path: str, key: str) -> Any:
+  if f"{key}.npy" not in archive.namelist():
+    have = [n[: -len(".npy")] for n in archive.namelist()]
+    raise ValueError(f"{path}: no array {key!r} (has {have})")
+  return archive.open(f"{key}.npy")
+
+
 def iter_npz_batches(
   path: str | os.PathLike, batch_size: int, key: str = "arr_0"
 ) -> Iterator[np.ndarray]:
   """Yields consecutive [<= batch_size, ...] slices of `key` in an `.npz` without loading it
   whole (plain or compressed members; Fortran-order or v3 headers are loaded in memory)."""
   path = os.fspath(path)
-  with zipfile.ZipFile(path) as archive:
-    names = archive.namelist()
-    if f"{key}.npy" not in names:
-      raise ValueError(f"{path}: no array {key!r} (has {[n[:-4] for n in names]})")
-    with archive.open(f"{key}.npy") as f:
-      version = np.lib.format.read_magic(f)
-      if version in ((1, 0), (2, 0)):
-        read_header = np.lib.format.read_array_header_1_0
-        if version == (2, 0):
-          read_header = np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-        if not fortran and not dtype.hasobject:
-          row = int(np.prod(shape[1:], dtype=np.int64))
-          for start in range(0, shape[0], batch_size):
-            n = min(batch_size, shape[0] - start)
-            data = _read_exact(f, n * row * dtype.itemsize, path)
-            yield np.frombuffer(data, dtype).reshape(n, *shape[1:])
-          return
+  with zipfile.ZipFile(path) as archive, _open_member(archive, path, key) as f:
+    header = _read_header(f)
+    if header is not None and not header[1] and not header[2].hasobject:
+      shape, _, dtype = header
+      row = int(np.prod(shape[1:], dtype=np.int64))
+      for start in range(0, shape[0], batch_size):
+        n = min(batch_size, shape[0] - start)
+        data = _read_exact(f, n * row * dtype.itemsize, path)
+        yield np.frombuffer(data, dtype).reshape(n, *shape[1:])
+      return
   with np.load(path, allow_pickle=False) as npz:
     arr = npz[key]
   for start in range(0, arr.shape[0], batch_size):
@@ -273,14 +283,14 @@ def iter_npz_batches(
 
 
 def npz_array_shape(path: str | os.PathLike, key: str = "arr_0") -> tuple[int, ...]:
-  """Shape of one array of an `.npz`, from its header."""
+  """Shape of one array of an `.npz`, read from its header."""
   path = os.fspath(path)
-  with zipfile.ZipFile(path) as archive:
-    if f"{key}.npy" not in archive.namelist():
-      raise ValueError(f"{path}: no array {key!r}")
-    with archive.open(f"{key}.npy") as f:
-      version = np.lib.format.read_magic(f)
-      return tuple(np.lib.format._read_array_header(f, version)[0])
+  with zipfile.ZipFile(path) as archive, _open_member(archive, path, key) as f:
+    header = _read_header(f)
+  if header is not None:
+    return tuple(header[0])
+  with np.load(path, allow_pickle=False) as npz:
+    return tuple(npz[key].shape)
 
 
 def compute_activations(

@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -187,9 +188,10 @@ def test_tpu_rejects_bad_usage():
 
 
 def _recorder(path: pathlib.Path, log: pathlib.Path) -> pathlib.Path:
-  """An executable that appends its arguments to log, NUL-separated, one record per call."""
-  path.write_text(f'#!/usr/bin/env bash\nprintf "%s\\0" "$@" >> {shlex.quote(str(log))}\n'
-                  f'printf "\\36" >> {shlex.quote(str(log))}\n')
+  """An executable that appends its name and arguments to log, NUL-separated, a record a call."""
+  quoted = shlex.quote(str(log))
+  record = f'printf "%s\\0" "${{0##*/}}" "$@" >> {quoted}\nprintf "\\36" >> {quoted}\n'
+  path.write_text(f"#!/usr/bin/env bash\n{record}")
   path.chmod(0o755)
   return path
 
@@ -205,7 +207,7 @@ def test_tpu_runs_exactly_what_dry_run_prints(tmp_path):
   _recorder(bin_dir / "gcloud", log)
   tarball = tmp_path / "src.tar.gz"
   tarball.write_bytes(b"")
-  odd = ["--config.x=it's a \"test\" $HOME `x`", "--config.y="]
+  odd = ['--config.x=it\'s a "test" $HOME `x`', "--config.y="]
   settings = {**POD, "WORKDIR": WORKDIR, "NODE_COUNT": "2", "TARBALL": str(tarball)}
   for args in (["train", "--", *odd], ["setup"], ["logs", "all"], ["create", "--spot"]):
     log.write_text("")
@@ -213,10 +215,45 @@ def test_tpu_runs_exactly_what_dry_run_prints(tmp_path):
     env = _env(**settings, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     _run(TPU, *args, env=env)
     assert _records(log) == printed, args
-  # The remote shell hands the odd arguments to python unchanged.
-  train = _dry(TPU, "train", "--", *odd, **settings)[0]
-  words = shlex.split(_option(train, "--command").split("nohup ", 1)[1].split(" >> ")[0])
-  assert words[-2:] == odd
+
+
+def test_tpu_remote_train_and_stop_commands(tmp_path):
+  """The --command strings of train and stop, run by bash in a stand-in worker home."""
+  home = tmp_path / "home"
+  (home / "rar_jax").mkdir(parents=True)
+  (home / "rar_venv" / "bin").mkdir(parents=True)
+  log = tmp_path / "python.log"
+  _recorder(home / "rar_venv" / "bin" / "python", log)
+  odd = ['--config.x=it\'s a "test" $HOME `x`', "--config.y="]
+  (train,) = _dry(TPU, "train", "--", *odd, **POD, WORKDIR=WORKDIR)
+  (stop,) = _dry(TPU, "stop", **POD)
+  env = {**_env(), "HOME": str(home)}
+
+  def remote(ssh: list[str]) -> subprocess.CompletedProcess:
+    command = _option(ssh, "--command")
+    return subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+
+  assert remote(train).returncode == 0
+  pid_file = home / "rar_logs" / "train.pid"
+  assert pid_file.read_text().strip().isdigit()
+  for _ in range(200):  # the job runs detached
+    if log.exists() and log.read_text().endswith("\x1e"):
+      break
+    time.sleep(0.01)
+  main = ["-m", "rar_jax.main", "--config=configs/imagenet.py:B", f"--workdir={WORKDIR}", *odd]
+  assert _records(log) == [["python", *main]]  # the odd arguments arrive unchanged
+  assert len(list((home / "rar_logs").glob("worker-*.log"))) == 1
+
+  sleeper = subprocess.Popen(["sleep", "60"])
+  try:
+    pid_file.write_text(f"{sleeper.pid}\n")
+    refused = remote(train)  # a job still runs: refuse a second one
+    assert refused.returncode == 1 and "already runs" in refused.stderr
+    assert remote(stop).returncode == 0
+    assert sleeper.wait(timeout=10) != 0 and not pid_file.exists()
+  finally:
+    if sleeper.poll() is None:
+      sleeper.kill()
 
 
 # --- gpu.sh ---
@@ -269,7 +306,10 @@ def test_gpu_multi_sets_the_coordinator():
     "JAX_NUM_PROCESSES=2",
     "JAX_PROCESS_ID=1",
   ]
-  assert multi[4].endswith("/python") and multi[5:7] == ["-m", "rar_jax.main"]  # XLA_FLAGS="" -> none
+  assert multi[4].endswith("/python") and multi[5:7] == [
+    "-m",
+    "rar_jax.main",
+  ]  # XLA_FLAGS="" -> none
   (from_env,) = _dry(
     GPU,
     "multi",
@@ -286,7 +326,11 @@ def test_gpu_multi_sets_the_coordinator():
   [
     (["single"], {}, "WORKDIR"),
     (["slurm"], {"WORKDIR": "/w"}, "NODES"),
-    (["multi", "--num-processes=2", "--process-id=0"], {"WORKDIR": "/w"}, "JAX_COORDINATOR_ADDRESS"),
+    (
+      ["multi", "--num-processes=2", "--process-id=0"],
+      {"WORKDIR": "/w"},
+      "JAX_COORDINATOR_ADDRESS",
+    ),
     (["multi", "--coordinator=h:1", "--process-id=0"], {"WORKDIR": "/w"}, "JAX_NUM_PROCESSES"),
   ],
 )
@@ -303,7 +347,7 @@ def test_gpu_runs_exactly_what_dry_run_prints(tmp_path):
   args += ["--", "--config.x=a 'b' $c"]
   printed = _dry(GPU, *args, RAR_PYTHON=str(fake))
   _run(GPU, *args, env=_env(RAR_PYTHON=str(fake)))
-  assert _records(log) == [printed[0][printed[0].index(str(fake)) + 1 :]]
+  assert _records(log) == [["python", *printed[0][printed[0].index(str(fake)) + 1 :]]]
 
 
 def test_gpu_xla_flags_are_known_to_jaxlib():

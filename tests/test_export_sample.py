@@ -1,0 +1,131 @@
+"""Export (from a workdir, to torch) and sample sets (resumable chunks -> ADM npz)."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+
+from configs import digits
+from rar_jax import (
+  checkpointing,
+  convert,
+  export,
+  input_pipeline,
+  optim,
+  presets,
+  sample,
+  sampling,
+  sharding,
+  tokenizers,
+  train_state,
+)
+from tests import train_worker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _digits_config():
+  c = digits.get_config()
+  c.model.width, c.model.depth, c.model.heads, c.model.mlp_dim = 32, 2, 4, 64
+  return c
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  """A workdir holding config.json and one checkpoint of a (freshly initialised) model."""
+  workdir = str(tmp_path_factory.mktemp("workdir"))
+  config = _digits_config()
+  cfg = presets.resolve(config.model)
+  tx, _ = optim.make_optimizer(config.optim, cfg, 10)
+  mesh = sharding.make_mesh()
+  state = train_state.init_sharded(cfg, tx, 0, mesh)
+  data_dir = train_worker.write_random_dataset(os.path.join(workdir, "data"))
+  data_iter = iter(input_pipeline.make_dataset(data_dir, global_batch=8, seed=0))
+  export.write_workdir_config(workdir, config)
+  manager = checkpointing.make_manager(workdir, config.checkpoint)
+  checkpointing.save(manager, 7, state, data_iter, force=True)
+  manager.wait_until_finished()
+  return workdir, jax.device_get(state.params)
+
+
+def test_export_from_workdir_loads_on_another_mesh(trained_workdir, tmp_path):
+  workdir, params = trained_workdir
+  config = export.read_workdir_config(workdir)
+  cfg = presets.resolve(config.model)
+  restored = export.params_from_workdir(workdir, None, cfg, sharding.make_mesh((2, 2, 2)))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), params)
+  export.write(str(tmp_path / "f32"), restored, cfg, config)
+  export.write(str(tmp_path / "bf16"), restored, cfg, config, dtype="bfloat16")
+  with pytest.raises(FileExistsError, match="f32 already exists"):
+    export.write(str(tmp_path / "f32"), restored, cfg, config)
+  exp = export.load(str(tmp_path / "f32"), mesh=sharding.make_mesh((4, 1, 2)))
+  assert exp.model == cfg and exp.image_size == 8 and exp.tokenizer["kind"] == "pixel"
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(exp.params), params)
+  low = export.load(str(tmp_path / "bf16"))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3),
+    jax.device_get(low.params),
+    params,
+  )
+
+
+def test_export_cli_writes_an_official_state_dict(trained_workdir, tmp_path):
+  torch = pytest.importorskip("torch", reason="writing .bin needs the optional torch extra")
+  workdir, params = trained_workdir
+  out = tmp_path / "rar.bin"
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "rar_jax.export",
+      f"--workdir={workdir}",
+      f"--output={out}",
+      "--format=torch",
+    ],
+    cwd=ROOT,
+    check=True,
+    capture_output=True,
+  )
+  state = torch.load(out, weights_only=True)
+  cfg = presets.resolve(_digits_config().model)
+  assert {k: tuple(v.shape) for k, v in state.items()} == convert.official_shapes(cfg)
+  back = convert.from_official({k: v.numpy() for k, v in state.items()}, cfg)
+  jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+def test_class_schedule_is_contiguous_and_balanced():
+  classes = sample.class_schedule(50_000, 1000)
+  assert (np.bincount(classes) == 50).all() and (np.diff(classes) >= 0).all()
+  assert sample.class_schedule(7, 3).tolist() == [0, 0, 0, 1, 1, 2, 2]
+
+
+def test_sample_set_is_resumable_and_adm_formatted(trained_workdir, tmp_path):
+  workdir, params = trained_workdir
+  config = export.read_workdir_config(workdir)
+  cfg = presets.resolve(config.model)
+  export.write(str(tmp_path / "exp"), params, cfg, config)
+  exp = export.load(str(tmp_path / "exp"))
+  tok = tokenizers.build(exp.tokenizer, exp.image_size)
+  settings = sampling.SamplingConfig(guidance_scale=2.0)
+  out = epath.Path(tmp_path / "samples")
+  sample.generate(exp, tok, out, num_samples=20, batch_size=8, seed=3, settings=settings)
+  sample.assemble(out, 20, cfg.num_classes, 8)
+  first = np.load(out / "samples.npz")
+  assert first["arr_0"].shape == (20, 8, 8, 3) and first["arr_0"].dtype == np.uint8
+  np.testing.assert_array_equal(first["labels"], sample.class_schedule(20, 10))
+  chunks = sorted((out / "chunks").iterdir())
+  assert len(chunks) == 3
+  mtimes = {p.name: p.stat().mtime for p in chunks}
+  chunks[1].unlink()
+  sample.generate(exp, tok, out, num_samples=20, batch_size=8, seed=3, settings=settings)
+  sample.assemble(out, 20, cfg.num_classes, 8)
+  again = np.load(out / "samples.npz")
+  np.testing.assert_array_equal(again["arr_0"], first["arr_0"])
+  for p in (out / "chunks").iterdir():
+    if p.name != chunks[1].name:
+      assert p.stat().mtime == mtimes[p.name]
+  assert (out / "grid.png").exists()
