@@ -310,7 +310,8 @@ cmd_train() {
   local start="cd ~/rar_jax || exit 1; mkdir -p ~/rar_logs"
   start="$start; if [ -f ~/rar_logs/train.pid ] && kill -0 \"\$(cat ~/rar_logs/train.pid)\" 2>/dev/null;"
   start="$start then echo \"rar_jax.main already runs on \$(hostname) (tpu.sh stop)\" >&2; exit 1; fi"
-  start="$start; LIBTPU_INIT_ARGS=$(q "$LIBTPU_INIT_ARGS") nohup ~/rar_venv/bin/python $(q "${main[@]}")"
+  # RAR_DISTRIBUTED=1: jax.distributed.initialize() detects the slice from the TPU metadata.
+  start="$start; RAR_DISTRIBUTED=1 LIBTPU_INIT_ARGS=$(q "$LIBTPU_INIT_ARGS") nohup ~/rar_venv/bin/python $(q "${main[@]}")"
   start="$start >> ~/rar_logs/worker-\$(hostname).log 2>&1 < /dev/null & echo \$! > ~/rar_logs/train.pid"
   local node
   for node in "${nodes[@]}"; do ssh_all "$node" "$start"; done

@@ -16,8 +16,12 @@ def detect(env: Mapping[str, str] = os.environ) -> dict | None:
   """How this process should join a multi-process run, or None for a single process.
 
   Returns the keyword arguments for jax.distributed.initialize: explicit values from the
-  JAX_* variables, or {} to let JAX auto-detect a TPU pod slice or a SLURM job.
+  JAX_* variables, or {} to let JAX auto-detect the cluster (RAR_DISTRIBUTED=1, set by
+  launch/tpu.sh on Cloud TPU VMs whose topology JAX reads from the metadata server; a SLURM
+  job; TPU worker variables in the environment).
   """
+  if env.get("RAR_DISTRIBUTED", "").lower() in ("1", "true"):
+    return {}  # asked for explicitly (launch/tpu.sh): JAX detects the TPU slice from metadata
   present = [name for name in EXPLICIT if env.get(name)]
   if present:
     if len(present) != len(EXPLICIT):

@@ -376,3 +376,20 @@ def test_shellcheck_launch_scripts():
   assert {s.name for s in scripts} >= {"local.sh", "tpu.sh", "gpu.sh"}
   proc = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_distributed_detection():
+  from rar_jax import distributed
+
+  assert distributed.detect({}) is None
+  assert distributed.detect({"RAR_DISTRIBUTED": "1"}) == {}
+  assert distributed.detect({"SLURM_NTASKS": "4"}) == {}
+  assert distributed.detect({"TPU_WORKER_HOSTNAMES": "a,b"}) == {}
+  explicit = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+  assert distributed.detect(explicit) == {
+    "coordinator_address": "h:1",
+    "num_processes": 2,
+    "process_id": 1,
+  }
+  with pytest.raises(ValueError, match="missing"):
+    distributed.detect({"JAX_COORDINATOR_ADDRESS": "h:1"})
