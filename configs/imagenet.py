@@ -6,6 +6,8 @@
 The argument is the variant (B, L, XL or XXL; default B).
 """
 
+from typing import Any
+
 import ml_collections
 
 from configs import common
@@ -38,3 +40,49 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     SAMPLING[variant]
   )
   return config
+
+
+# Paper Tab. 2 (annealing ablation), (start, end) in epochs of the 400-epoch schedule: raster
+# only (0, 0), random only (400, 400), start = end = 100, the best (200, 300), and further
+# pairs. NOT checked against the table itself (its text could not be retrieved): the pairs
+# beyond those four are a planned selection; edit this tuple to match Tab. 2 exactly.
+ANNEAL_ABLATION_EPOCHS = (
+  (0, 0),
+  (100, 100),
+  (200, 200),
+  (300, 300),
+  (400, 400),
+  (100, 200),
+  (100, 300),
+  (200, 300),
+  (200, 400),
+  (300, 400),
+)
+TOTAL_EPOCHS = 400
+
+
+def get_hyper(h: Any) -> list[dict[str, Any]]:
+  """The annealing ablation as launch/sweep.py points.
+
+  The pairs are given in steps (epoch / 400 x train.steps): get_config sets the fraction keys
+  to None, and config_flags cannot override a None field from the command line.
+  """
+  total = get_config().train.steps
+  return h.product(
+    [
+      h.zipit(
+        [
+          h.sweep(
+            "config.randomness.anneal_start_steps",
+            [s * total // TOTAL_EPOCHS for s, _ in ANNEAL_ABLATION_EPOCHS],
+          ),
+          h.sweep(
+            "config.randomness.anneal_end_steps",
+            [e * total // TOTAL_EPOCHS for _, e in ANNEAL_ABLATION_EPOCHS],
+          ),
+        ]
+      ),
+      h.fixed("config.randomness.anneal_start_fraction", None),
+      h.fixed("config.randomness.anneal_end_fraction", None),
+    ]
+  )

@@ -205,3 +205,29 @@ def test_sharded_init_and_logits_match_single_device():
       params, jax.device_put(tokens, batch), jax.device_put(labels, batch), orders
     )
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(expected), atol=1e-5)
+
+
+def test_scan_and_remat_variants_compute_the_same_gradients():
+  base = _small_cfg(dropout=0.0, attn_dropout=0.0)
+  state = _random_official(base)
+  rng = np.random.default_rng(5)
+  tokens = jnp.asarray(rng.integers(0, 64, (2, 16)))
+  labels = jnp.array([2, 10])
+  orders = randomization.sample_orders(jax.random.key(3), 2, 16, 1.0)
+  results = []
+  for scan_layers, remat in [(True, "none"), (False, "none"), (True, "full"), (False, "dots")]:
+    cfg = presets.resolve(
+      {**base.__dict__, "scan_layers": scan_layers, "remat_policy": remat, "variant": None}
+    )
+    params = convert.from_official(state, cfg)
+
+    def loss(p, cfg=cfg):
+      logits = model.forward(cfg, p, tokens, labels, orders)
+      return losses.next_token_loss(logits, randomization.permute(tokens, orders))[0]
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    results.append((float(value), convert.to_official(grads, cfg)))
+  for value, grads in results[1:]:
+    assert value == pytest.approx(results[0][0], abs=1e-6)
+    for key in grads:
+      np.testing.assert_allclose(grads[key], results[0][1][key], atol=1e-6, err_msg=key)

@@ -122,6 +122,7 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, data_d
   assert _wait_for(proc, "DONE").strip() == "DONE 4"
   assert proc.wait(timeout=60) == 0
   config = train_worker.tiny_config(data_dir, 1000)
+  config.mesh.shape = (2, 2, 2)  # restore onto another mesh than the (8, 1, 1) that saved
   plan = train.resolve(config)
   tx, _ = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
   manager = checkpointing.make_manager(str(tmp_path), config.checkpoint)
@@ -130,6 +131,25 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, data_d
   abstract = train_state.abstract_state(plan.model, tx, plan.mesh, sharding.LOGICAL_RULES)
   state = checkpointing.restore_latest(manager, abstract, data_iter)
   assert int(state.step) == 4
+  kernel = state.params["blocks"]["layers"]["mlp"]["fc1"]["kernel"]
+  assert kernel.sharding.mesh.shape == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert tuple(kernel.sharding.spec) == (None, "fsdp", "tensor")
+
+
+def test_checkpoints_keep_the_last_k_and_every_mth(tmp_path, data_dir):
+  cfg = presets.resolve(
+    dict(width=8, depth=1, heads=2, mlp_dim=8, seq_len=16, codebook_size=32, num_classes=10)
+  )
+  tx, _ = optim.make_optimizer(train_worker.tiny_config(data_dir, 1).optim, cfg, 10)
+  state = train_state.init_sharded(cfg, tx, 0, sharding.make_mesh())
+  data_iter = iter(input_pipeline.make_dataset(data_dir, global_batch=16, seed=0))
+  manager = checkpointing.make_manager(
+    str(tmp_path), {"every_steps": 1, "keep": 2, "keep_every": 4}
+  )
+  for step in range(1, 11):
+    checkpointing.save(manager, step, state, data_iter)
+  manager.wait_until_finished()
+  assert manager.all_steps() == [4, 8, 9, 10]
 
 
 def test_truncated_newest_checkpoint_falls_back(tmp_path, data_dir, caplog):
