@@ -296,14 +296,17 @@ def npz_array_shape(path: str | os.PathLike, key: str = "arr_0") -> tuple[int, .
 def compute_activations(
   path: str | os.PathLike, extractor: Extractor, batch_size: int | None = None
 ) -> InceptionFeatures:
-  """Features of every image of `arr_0` ([N, H, W, 3] in [0, 255]), batch by batch. An
-  extractor with `dispatch`/`fetch` (`FeatureExtractor`) keeps one batch in flight."""
+  """Features of every image of `arr_0` ([N, H, W, 3] in [0, 255]), `batch_size` images per
+  read (default: the extractor's `batch_size`, else 256). An extractor with `dispatch`/`fetch`
+  (`FeatureExtractor`) keeps one batch in flight and caps reads at its `batch_size`."""
   path = os.fspath(path)
   shape = npz_array_shape(path)
   if len(shape) != 4 or shape[-1] != 3 or shape[0] == 0:
     raise ValueError(f"{path}: arr_0 must be non-empty images [N, H, W, 3], got {shape}")
   batch_size = batch_size or getattr(extractor, "batch_size", 256)
   pipelined = hasattr(extractor, "dispatch") and hasattr(extractor, "fetch")
+  if pipelined:
+    batch_size = min(batch_size, extractor.batch_size)
   parts: list[InceptionFeatures] = []
   pending = None
   start, last_log = time.time(), time.time()
@@ -324,9 +327,9 @@ def compute_activations(
   return InceptionFeatures(*(np.concatenate(p) for p in zip(*parts, strict=True)))
 
 
-def _reference_stats(path: str, prefix: str) -> tuple[np.ndarray, np.ndarray] | None:
-  """Precomputed (mu{suffix}, sigma{suffix}) of a reference `.npz`, if it has them."""
-  suffix = "" if prefix == "pool" else "_s"
+def _reference_stats(path: str, suffix: str) -> tuple[np.ndarray, np.ndarray] | None:
+  """Precomputed (mu{suffix}, sigma{suffix}) of a reference `.npz` ("" for pool_3, "_s" for
+  the spatial features), if it has them."""
   with np.load(path, allow_pickle=False) as npz:
     if f"mu{suffix}" in npz.files and f"sigma{suffix}" in npz.files:
       return npz[f"mu{suffix}"], npz[f"sigma{suffix}"]
@@ -343,7 +346,11 @@ def evaluate(
   distance_dtype: str = "float16",
 ) -> dict[str, float]:
   """ADM's metrics of a sample batch against a reference batch (both `.npz` with `arr_0` images
-  [N, H, W, 3] in [0, 255]): {"fid", "sfid", "inception_score", "precision", "recall"}."""
+  [N, H, W, 3] in [0, 255]): {"fid", "sfid", "inception_score", "precision", "recall"}.
+
+  The reference's `mu`/`sigma` (pool_3) and `mu_s`/`sigma_s` (spatial) are used when present;
+  its images always give the precision/recall features. Sample statistics are computed.
+  """
   sample_npz, ref_npz = os.fspath(sample_npz), os.fspath(ref_npz)
   for p in (sample_npz, ref_npz):
     if not os.path.isfile(p):
@@ -352,8 +359,8 @@ def evaluate(
   ref = compute_activations(ref_npz, extractor, batch_size)
   logging.info("sample activations: %s", sample_npz)
   samples = compute_activations(sample_npz, extractor, batch_size)
-  ref_pool = _reference_stats(ref_npz, "pool") or activation_stats(ref.pool)
-  ref_spatial = _reference_stats(ref_npz, "spatial") or activation_stats(ref.spatial)
+  ref_pool = _reference_stats(ref_npz, "") or activation_stats(ref.pool)
+  ref_spatial = _reference_stats(ref_npz, "_s") or activation_stats(ref.spatial)
   logging.info("statistics and distances")
   precision, recall = precision_recall(ref.pool, samples.pool, k, distance_dtype=distance_dtype)
   return {

@@ -82,6 +82,23 @@ def modulate(x: Array, shift: Array, scale: Array) -> Array:
   return x * (1 + scale) + shift
 
 
+class Dropout(nn.Module):
+  """Inverted dropout drawing 16 random bits per element (threefry makes 32 bits per call, so
+  this halves the RNG work of flax's float-uniform Dropout, a fifth of a CPU train step).
+  The drop probability is rate rounded to a multiple of 2^-16."""
+
+  rate: float
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.deterministic or self.rate == 0.0:
+      return x
+    bits = jax.random.bits(self.make_rng("dropout"), x.shape, jnp.uint16)
+    keep = bits >= jnp.uint16(round(self.rate * 65536))
+    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
 class AdaLNModulation(nn.Module):
   """SiLU -> Linear(D, n*D), zero-initialised (AdaLN-Zero). Returns n arrays [B, T, D]."""
 
@@ -140,13 +157,13 @@ class Attention(nn.Module):
     logits = logits * (cfg.head_dim**-0.5)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)  # [B, H, T, S] fp32
-    probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=self.deterministic)
+    probs = Dropout(cfg.attn_dropout, self.deterministic)(probs)
     out = jnp.einsum("bhts,bshk->bthk", probs.astype(dtype), v)  # [B, T, H, K]
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
     out = Linear((cfg.width,), ("heads", "head_dim", "embed"), dtype, num_in=2, name="proj")(
       out
     )  # [B, T, D]
-    out = nn.Dropout(cfg.dropout)(out, deterministic=self.deterministic)
+    out = Dropout(cfg.dropout, self.deterministic)(out)
     return out, new_cache
 
 
@@ -163,9 +180,9 @@ class Mlp(nn.Module):
     h = Linear((cfg.mlp_dim,), ("embed", "mlp"), dtype, name="fc1")(x)  # [B, T, M]
     h = nn.gelu(h, approximate=False)
     h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
-    h = nn.Dropout(cfg.dropout)(h, deterministic=self.deterministic)
+    h = Dropout(cfg.dropout, self.deterministic)(h)
     h = Linear((cfg.width,), ("mlp", "embed"), dtype, name="fc2")(h)  # [B, T, D]
-    return nn.Dropout(cfg.dropout)(h, deterministic=self.deterministic)
+    return Dropout(cfg.dropout, self.deterministic)(h)
 
 
 class Block(nn.Module):
