@@ -413,8 +413,8 @@ def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) ->
   ]
   if cfg.dtype == "bfloat16":
     lines.append(
-      "bf16: XLA:CPU computes bf16 matmuls in f32, so temporaries can be up to ~2x what a TPU/GPU "
-      "needs: an upper-side estimate."
+      "bf16: XLA:CPU computes bf16 matmuls in f32 (its compiled step has only f32 dots), so the "
+      "temporaries are likely on the high side of what a TPU/GPU needs."
     )
   if chip.is_gpu:
     lines.append(

@@ -155,9 +155,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       progress(step)
       preview.maybe_write_grid(step, state.params, writer)
       preempted = guard.should_stop(step, manager)
-      if preempted or step % config.checkpoint.every_steps == 0 or step == plan.total_steps:
+      last = preempted or step == plan.total_steps
+      if last or step % config.checkpoint.every_steps == 0:
         logger.flush()  # verifies this step is finite before it is saved
-        checkpointing.save(manager, step, state, data_iter, force=preempted)
+        checkpointing.save(manager, step, state, data_iter, force=last)
       if preempted:
         logging.warning("Stopped at step %d after SIGTERM; checkpoint written", step)
         break
