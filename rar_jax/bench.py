@@ -143,6 +143,7 @@ def _cli() -> None:
   flags.DEFINE_integer("batch", 8, "Global batch (images).")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
   flags.DEFINE_string("remat", "none", "Remat policy (train).")
+  flags.DEFINE_bool("scan", True, "Scan over layers (False: unrolled).")
   flags.DEFINE_integer("steps", 10, "Timed calls.")
   flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
   flags.DEFINE_float("guidance", 6.9, "Guidance scale (sample); 0 disables guidance.")
@@ -161,6 +162,7 @@ def _cli() -> None:
         "seq_len": f.seq_len,
         "dtype": f.dtype,
         "remat_policy": f.remat,
+        "scan_layers": f.scan,
       }
     )
     if mode == "train":
@@ -184,6 +186,7 @@ def _cli() -> None:
           "batch": f.batch,
           "dtype": f.dtype,
           "remat": cfg.remat_policy,
+          "scan": cfg.scan_layers,
           "compile_s": round(result["compile_s"], 3),
           "step_s": round(result["step_s"], 5),
           "images_per_s": round(f.batch / result["step_s"], 3),

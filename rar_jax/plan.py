@@ -289,6 +289,7 @@ class Estimate:
   needs_gib: float
   fits: bool
   step_s: float
+  step_s_xla: float | None  # the XLA-counted FLOPs (recompute included) at the same utilisation
   images_per_s: float
   train_hours: float
   chip_hours: float
@@ -320,6 +321,9 @@ def estimate(a: Analysis, chip: Chip, mfu: float, hbm_gib: float | None = None) 
     needs_gib=needs,
     fits=needs <= hbm,
     step_s=step_s,
+    step_s_xla=(
+      None if a.xla_flops_per_device is None else a.xla_flops_per_device / (peak * 1e12 * mfu)
+    ),
     images_per_s=a.global_batch / step_s,
     train_hours=hours,
     chip_hours=hours * a.num_devices,
@@ -406,6 +410,14 @@ def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) ->
     f"Time at {e.mfu:.0%} MFU of the bf16 peak (analytic model FLOPs) on {n} x {chip.name}",
     f"  step {_duration(e.step_s)}; {e.images_per_s:,.0f} images/s; {a.total_steps:,} steps "
     f"= {_duration(e.train_hours * 3600)} = {e.chip_hours:,.1f} chip-hours",
+  ]
+  if e.step_s_xla is not None:
+    lines.append(
+      f"  XLA's FLOP count (remat recompute included) at {e.mfu:.0%} of peak instead: step "
+      f"{_duration(e.step_s_xla)}, {a.total_steps:,} steps = "
+      f"{_duration(a.total_steps * e.step_s_xla)}"
+    )
+  lines += [
     "",
     "Caveats: compiled by XLA:CPU as a stand-in; TPU/GPU compilers fuse and lay out buffers",
     "differently, and the runtime reserves some HBM. The time ignores communication and input",

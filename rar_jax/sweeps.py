@@ -488,7 +488,8 @@ def _discover(base_workdir: str) -> list[tuple[str, str, Point]]:
   if gfile.exists(manifest):
     with gfile.GFile(manifest, "r") as f:
       runs = json.load(f)["runs"]
-    return [(r["name"], r["workdir"], r["overrides"]) for r in runs]
+    # Relative to where the sweep is now (it may have been copied since it ran).
+    return [(r["name"], join_path(base_workdir, r["name"]), r["overrides"]) for r in runs]
   found = []
   for entry in sorted(gfile.listdir(base_workdir)):
     entry = entry.rstrip("/")
@@ -605,7 +606,10 @@ def _plot(results: Sequence[RunResult], title: str) -> bytes:
   fig, ax = plt.subplots(figsize=(8, 5))
   for r in results:
     if r.steps:
-      ax.plot(r.steps, r.losses, label=r.name, linewidth=1.2)
+      schedule = _schedule(r.overrides)
+      varied = [v for v in r.overrides.values() if v is not None]
+      label = f"anneal {schedule}" if schedule and len(varied) <= 2 else r.name
+      ax.plot(r.steps, r.losses, label=label, linewidth=1.2)
   ax.set_xlabel("step")
   ax.set_ylabel("training loss")
   ax.set_title(title, fontsize=9)

@@ -85,10 +85,22 @@ class PreemptionGuard:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _compile(step_fn, state, batch, mesh, rules):
+def _compile_step(plan: Plan, config, abstract: train_state.TrainState, rules: sharding.Rules):
+  """The jitted step, compiled ahead of time for the abstract state and batch; logs memory."""
+  tx, schedule = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
+  sc = train_step.StepConfig(plan.model, *plan.anneal, config.randomness.label_dropout)
+  state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+  step_fn = train_step.jit_train_step(sc, tx, schedule, plan.mesh, state_sh, rules)
+  batch_sh = sharding.batch_sharding(plan.mesh)
+  batch = {
+    "tokens": jax.ShapeDtypeStruct(
+      (plan.global_batch, plan.model.seq_len), jnp.int32, sharding=batch_sh
+    ),
+    "label": jax.ShapeDtypeStruct((plan.global_batch,), jnp.int32, sharding=batch_sh),
+  }
   start = time.perf_counter()
-  with sharding.activate(mesh, rules):
-    compiled = step_fn.lower(state, batch).compile()
+  with sharding.activate(plan.mesh, rules):
+    compiled = step_fn.lower(abstract, batch).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   if memory is not None:
@@ -101,12 +113,22 @@ def _compile(step_fn, state, batch, mesh, rules):
   return compiled, seconds
 
 
+def _restore_or_init(config, workdir: str, plan: Plan, rules: sharding.Rules, data_iter):
+  """(manager, abstract state, state): the newest good checkpoint, else a fresh sharded state."""
+  tx, _ = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
+  manager = checkpointing.make_manager(workdir, config.checkpoint)
+  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, rules)
+  state = checkpointing.restore_latest(manager, abstract, data_iter)
+  if state is None:
+    state = train_state.init_sharded(plan.model, tx, config.seed, plan.mesh, rules)
+  return manager, abstract, state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
   """Trains (or resumes) the model described by config, writing everything under workdir."""
   plan = resolve(config)
   rules = sharding.LOGICAL_RULES
   data_dir = datasets.prepare(config.data, plan.model)
-  tx, schedule = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
   data_iter = iter(
     input_pipeline.make_dataset(
       data_dir,
@@ -116,40 +138,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     )
   )
   export.write_workdir_config(workdir, config)
-  manager = checkpointing.make_manager(workdir, config.checkpoint)
-  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, rules)
-  state = checkpointing.restore_latest(manager, abstract, data_iter)
-  if state is None:
-    state = train_state.init_sharded(plan.model, tx, config.seed, plan.mesh, rules)
+  manager, abstract, state = _restore_or_init(config, workdir, plan, rules, data_iter)
   step = int(state.step)
-
-  sc = train_step.StepConfig(plan.model, *plan.anneal, config.randomness.label_dropout)
-  state_sh = jax.tree.map(lambda a: a.sharding, abstract)
-  step_fn = train_step.jit_train_step(sc, tx, schedule, plan.mesh, state_sh, rules)
-  batch_sh = sharding.batch_sharding(plan.mesh)
-  batch_spec = {
-    "tokens": jax.ShapeDtypeStruct(
-      (plan.global_batch, plan.model.seq_len), jnp.int32, sharding=batch_sh
-    ),
-    "label": jax.ShapeDtypeStruct((plan.global_batch,), jnp.int32, sharding=batch_sh),
-  }
-  compiled, compile_s = _compile(step_fn, abstract, batch_spec, plan.mesh, rules)
+  compiled, compile_s = _compile_step(plan, config, abstract, rules)
 
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0, asynchronous=True
   )
   if step == 0:
-    writer.write_hparams(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    writer.write_hparams(config.to_dict())
   writer.write_scalars(step, {"compile_time_s": compile_s})
   logger = metrics.TrainMetrics(writer, plan.model, plan.global_batch, config.train.log_every)
   progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=writer)
   preview = previews.Previews(config, plan.model, plan.mesh)
+  batch_sh = sharding.batch_sharding(plan.mesh)
   guard = PreemptionGuard()
   try:
     while step < plan.total_steps:
-      batch = input_pipeline.to_global(next(data_iter), batch_sh)
-      with sharding.activate(plan.mesh, rules):
-        state, step_metrics = compiled(state, batch)
+      state, step_metrics = compiled(state, input_pipeline.to_global(next(data_iter), batch_sh))
       step += 1
       logger.push(step, step_metrics)
       progress(step)
