@@ -26,13 +26,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.scan_layers = True
   c.model.remat_policy = "none"  # none | full | dots | dots_no_batch
 
-  # r = 1 until the anneal start, linear to 0 at its end. Give each end in steps or as a
-  # fraction of train.steps (set the other to None).
+  # r = 1 until the anneal start, linear to 0 at its end, as fractions of train.steps (the
+  # official 125k and 187.5k of 250k). anneal_*_steps, when set, pins an end in steps instead.
   c.randomness = ml_collections.ConfigDict()
+  c.randomness.anneal_start_fraction = placeholder(float)
+  c.randomness.anneal_end_fraction = placeholder(float)
+  c.randomness.anneal_start_fraction = 0.5
+  c.randomness.anneal_end_fraction = 0.75
   c.randomness.anneal_start_steps = placeholder(int)
   c.randomness.anneal_end_steps = placeholder(int)
-  c.randomness.anneal_start_fraction = 0.5  # 125k of 250k (epoch 200 of 400)
-  c.randomness.anneal_end_fraction = 0.75  # 187.5k of 250k (epoch 300 of 400)
   c.randomness.label_dropout = 0.1
 
   c.optim = ml_collections.ConfigDict()

@@ -29,11 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   config = common.base_config()
   config.model.variant = variant
-  # The official steps, so that --config.train.steps overrides keep the paper's anneal points.
-  config.randomness.anneal_start_steps = 125_000
-  config.randomness.anneal_end_steps = 187_500
-  config.randomness.anneal_start_fraction = None
-  config.randomness.anneal_end_fraction = None
   config.data.dir = "data/imagenet256_maskgitvq"
   config.eval.grid_every = 5_000  # the official preview interval; needs tokenizer.weights
   (config.sampling.guidance_scale, config.sampling.guidance_power, config.sampling.temperature) = (
@@ -42,47 +37,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-# Paper Tab. 2 (annealing ablation), (start, end) in epochs of the 400-epoch schedule: raster
-# only (0, 0), random only (400, 400), start = end = 100, the best (200, 300), and further
-# pairs. NOT checked against the table itself (its text could not be retrieved): the pairs
-# beyond those four are a planned selection; edit this tuple to match Tab. 2 exactly.
-ANNEAL_ABLATION_EPOCHS = (
-  (0, 0),
-  (100, 100),
-  (200, 200),
-  (300, 300),
-  (400, 400),
-  (100, 200),
-  (100, 300),
-  (200, 300),
-  (200, 400),
-  (300, 400),
-)
+# Paper Tab. 2 (annealing ablation, RAR-L), (start, end) in epochs of the 400-epoch schedule:
+# raster only (0, 0), random only (400, 400), start = end = 100, the best (200, 300), and the
+# rest of the grid start <= end over {0, 100, 200, 300, 400}.
 TOTAL_EPOCHS = 400
+ANNEAL_ABLATION_EPOCHS = tuple(
+  (start, end) for start in range(0, 401, 100) for end in range(start, 401, 100)
+)
 
 
 def get_hyper(h: Any) -> list[dict[str, Any]]:
-  """The annealing ablation as launch/sweep.py points.
-
-  The pairs are given in steps (epoch / 400 x train.steps): get_config sets the fraction keys
-  to None, and config_flags cannot override a None field from the command line.
-  """
-  total = get_config().train.steps
-  return h.product(
+  """The annealing ablation as launch/sweep.py points (fractions of train.steps)."""
+  return h.zipit(
     [
-      h.zipit(
-        [
-          h.sweep(
-            "config.randomness.anneal_start_steps",
-            [s * total // TOTAL_EPOCHS for s, _ in ANNEAL_ABLATION_EPOCHS],
-          ),
-          h.sweep(
-            "config.randomness.anneal_end_steps",
-            [e * total // TOTAL_EPOCHS for _, e in ANNEAL_ABLATION_EPOCHS],
-          ),
-        ]
+      h.sweep(
+        "config.randomness.anneal_start_fraction",
+        [s / TOTAL_EPOCHS for s, _ in ANNEAL_ABLATION_EPOCHS],
       ),
-      h.fixed("config.randomness.anneal_start_fraction", None),
-      h.fixed("config.randomness.anneal_end_fraction", None),
+      h.sweep(
+        "config.randomness.anneal_end_fraction",
+        [e / TOTAL_EPOCHS for _, e in ANNEAL_ABLATION_EPOCHS],
+      ),
     ]
   )

@@ -490,6 +490,8 @@ def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
   argv = list(argv)
   values = _define_flags(argv)
   values(argv)
+  if values.config is None:
+    raise ValueError("give --config=<file>[:<arg>], e.g. --config=configs/imagenet.py:XL")
   topology = values.topology
   chip, count = (None, None)
   if topology:
@@ -526,6 +528,10 @@ def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(__doc__)
+    print(_define_flags(argv[:1]).get_help())
+    return 0
   try:
     _, est, text = run(argv)
   except (ValueError, flags.Error) as e:

@@ -54,21 +54,18 @@ def randomness_ratio(step: Array | int, anneal_start: int, anneal_end: int) -> A
 def anneal_steps(cfg: Mapping[str, Any], total_steps: int) -> tuple[int, int]:
   """Resolves a `randomness` config group to (start, end) in optimizer steps.
 
-  Each end is given either in steps (`anneal_start_steps`) or as a fraction of the total
-  (`anneal_start_fraction`), never both.
+  Each end is `anneal_<end>_steps` when that is set, else `anneal_<end>_fraction` x total.
 
   Raises:
-    ValueError: naming the key when both or neither form is set, or when end < start.
+    ValueError: naming the key when neither form is set or a fraction is outside [0, 1], or
+      when the end comes before the start.
   """
   bounds = []
   for name in ("anneal_start", "anneal_end"):
     steps, fraction = cfg.get(f"{name}_steps"), cfg.get(f"{name}_fraction")
-    if (steps is None) == (fraction is None):
-      raise ValueError(
-        f"set exactly one of randomness.{name}_steps and randomness.{name}_fraction "
-        f"(got {steps!r} and {fraction!r})"
-      )
-    if fraction is not None and not 0.0 <= fraction <= 1.0:
+    if steps is None and fraction is None:
+      raise ValueError(f"set randomness.{name}_fraction (or randomness.{name}_steps)")
+    if steps is None and not 0.0 <= fraction <= 1.0:
       raise ValueError(f"randomness.{name}_fraction must be in [0, 1], got {fraction!r}")
     bounds.append(int(steps) if steps is not None else round(fraction * total_steps))
   start, end = bounds

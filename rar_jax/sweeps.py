@@ -46,7 +46,7 @@ SAMPLE_SCORE = "sample_score.json"
 # What precedes the rar_jax.main arguments in each mode; tpu/gpu also get WORKDIR=<workdir>.
 LAUNCHERS: dict[str, tuple[str, ...]] = {
   "tpu": ("bash", "launch/tpu.sh", "train", "--"),
-  "gpu": ("bash", "launch/gpu.sh", "train", "--"),
+  "gpu": ("bash", "launch/gpu.sh", "single", "--"),
 }
 MODES = ("print", "local", "tpu", "gpu")
 _MAX_NAME = 120

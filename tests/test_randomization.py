@@ -73,16 +73,23 @@ def test_anneal_steps_from_steps_or_fractions():
   assert randomization.anneal_steps(
     {"anneal_start_steps": 125_000, "anneal_end_fraction": 0.75}, 250_000
   ) == (125_000, 187_500)
-  with pytest.raises(ValueError, match="exactly one of randomness.anneal_start_steps"):
-    randomization.anneal_steps(
-      {"anneal_start_steps": 1, "anneal_start_fraction": 0.5, "anneal_end_steps": 9}, 10
-    )
-  with pytest.raises(ValueError, match="exactly one of randomness.anneal_end_steps"):
+  # Steps, when set, win over the fraction (so either can be overridden on the command line).
+  assert randomization.anneal_steps(
+    {"anneal_start_steps": 10, "anneal_start_fraction": 0.5, "anneal_end_fraction": 0.75}, 100
+  ) == (10, 75)
+  with pytest.raises(ValueError, match=r"set randomness.anneal_end_fraction \(or"):
     randomization.anneal_steps({"anneal_start_steps": 1}, 10)
   with pytest.raises(ValueError, match=r"end \(100 steps\) is before its start \(200 steps\)"):
     randomization.anneal_steps({"anneal_start_steps": 200, "anneal_end_steps": 100}, 1000)
   with pytest.raises(ValueError, match="anneal_end_fraction must be in"):
     randomization.anneal_steps({"anneal_start_steps": 0, "anneal_end_fraction": 1.5}, 10)
+
+
+def test_imagenet_config_anneals_at_the_official_steps():
+  from configs import imagenet
+
+  config = imagenet.get_config("L")
+  assert randomization.anneal_steps(config.randomness, config.train.steps) == (125_000, 187_500)
 
 
 def test_label_dropout():

@@ -85,7 +85,7 @@ def test_print_mode_commands(tmp_path):
   assert f" --workdir={wd} --config.randomness.anneal_start_fraction=0.0 " in first
   assert first.endswith("--config.seed=1")
   gpu = sweeps.command(sweeps.plan_sweep("configs/digits_sweep.py", "gs://b/sw")[0], "gpu")
-  assert gpu[0][:4] == ["bash", "launch/gpu.sh", "train", "--"]
+  assert gpu[0][:4] == ["bash", "launch/gpu.sh", "single", "--"]
 
 
 def test_sweep_script_print_mode(tmp_path):
@@ -120,13 +120,15 @@ def test_validate_rejects_bad_overrides():
 def test_imagenet_ablation_pairs():
   points = sweeps.expand("configs/imagenet.py:B")
   pairs = {
-    (p["randomness.anneal_start_steps"] // 625, p["randomness.anneal_end_steps"] // 625)
+    (
+      round(p["randomness.anneal_start_fraction"] * 400),
+      round(p["randomness.anneal_end_fraction"] * 400),
+    )
     for p in points
-  }  # 625 steps per epoch: 250k steps = 400 epochs
-  expected = {(0, 0), (100, 100), (200, 200), (300, 300), (400, 400)}
-  expected |= {(100, 200), (100, 300), (200, 300), (200, 400), (300, 400)}
-  assert pairs == expected and len(points) == len(expected)
-  assert all(p["randomness.anneal_start_fraction"] is None for p in points)
+  }  # epochs of the 400-epoch schedule
+  assert {(0, 0), (400, 400), (100, 100), (200, 300)} <= pairs
+  assert pairs == {(s, e) for s in range(0, 401, 100) for e in range(s, 401, 100)}
+  assert len(points) == len(pairs) == 15
   runs = sweeps.plan_sweep("configs/imagenet.py:B", "gs://b/abl")
   assert len({r.workdir for r in runs}) == len(runs)
   sweeps.validate("configs/imagenet.py:B", runs)  # every command parses as rar_jax.main's
