@@ -19,7 +19,8 @@ LN_EPS = 1e-6
 INIT_STD = 0.02
 
 Array = jax.Array
-# One layer's cache: {"k": [B, S, H, K], "v": [B, S, H, K]}; the model stacks layers in front.
+# One layer's cache: {"k": [B, H, S, K], "v": [B, H, S, K]} (heads before positions, the
+# layout the attention matmuls read without a transpose); the model keeps one per layer.
 KVCache = dict[str, Array]
 
 
@@ -144,23 +145,24 @@ class Attention(nn.Module):
 
     t = x.shape[1]
     q_pos = start + jnp.arange(t)  # [T]
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, H, T, K]
     if cache is None:
       k_pos = q_pos
       new_cache = None
     else:
-      k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), start, 1)
-      v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), start, 1)
+      k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), start, 2)
+      v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), start, 2)
       new_cache = {"k": k_all, "v": v_all}
-      k, v = k_all.astype(dtype), v_all.astype(dtype)  # [B, S, H, K]
-      k_pos = jnp.arange(k.shape[1])
+      k, v = k_all.astype(dtype), v_all.astype(dtype)  # [B, H, S, K]
+      k_pos = jnp.arange(k.shape[2])
     mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
 
-    logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bthk,bhsk->bhts", q, k, preferred_element_type=jnp.float32)
     logits = logits * (cfg.head_dim**-0.5)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)  # [B, H, T, S] fp32
     probs = Dropout(cfg.attn_dropout, self.deterministic)(probs)
-    out = jnp.einsum("bhts,bshk->bthk", probs.astype(dtype), v)  # [B, T, H, K]
+    out = jnp.einsum("bhts,bhsk->bthk", probs.astype(dtype), v)  # [B, T, H, K]
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
     out = Linear((cfg.width,), ("heads", "head_dim", "embed"), dtype, num_in=2, name="proj")(
       out

@@ -14,6 +14,7 @@ The AdaLN condition at q is class_embedding + timesteps[q].
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -27,6 +28,7 @@ from rar_jax.presets import ModelConfig
 
 Array = jax.Array
 Params = Any
+Cache = tuple[layers.KVCache, ...]  # one {"k", "v": [B, H, S, K]} per layer
 
 _REMAT_POLICIES = {
   "full": None,
@@ -44,38 +46,38 @@ def _block_class(cfg: ModelConfig):
 
 
 class BlockStack(nn.Module):
-  """`depth` blocks, either one `nn.scan` over stacked parameters or an unrolled loop.
-
-  The cache, when given, is stacked over layers: {"k", "v": [depth, B, S, H, K]}.
-  """
+  """`depth` blocks, either one `nn.scan` over stacked parameters (training) or an unrolled
+  loop. KV-cache decoding runs unrolled, with one cache per layer (see `unscan`), so that every
+  layer's cache is its own buffer, updated in place."""
 
   cfg: ModelConfig
   deterministic: bool
 
   @nn.compact
   def __call__(
-    self, x: Array, c: Array, start: Array, cache: layers.KVCache | None
-  ) -> tuple[Array, layers.KVCache | None]:
+    self, x: Array, c: Array, start: Array, cache: Cache | None
+  ) -> tuple[Array, Cache | None]:
     cfg = self.cfg
     block = _block_class(cfg)
     if cfg.scan_layers:
+      if cache is not None:
+        raise ValueError("KV-cache decoding needs unscanned layers: use model.unscan(cfg, params)")
       scanned = nn.scan(
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast, 0),
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.depth,
         metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      return scanned(cfg, self.deterministic, name="layers")(x, c, start, cache)
-    new_caches = []
-    for i in range(cfg.depth):
-      layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
-      x, layer_cache = block(cfg, self.deterministic, name=f"layers_{i}")(x, c, start, layer_cache)
-      new_caches.append(layer_cache)
-    if cache is None:
+      x, _ = scanned(cfg, self.deterministic, name="layers")(x, c, start, None)
       return x, None
-    return x, jax.tree.map(lambda *a: jnp.stack(a), *new_caches)
+    new_cache = []
+    for i in range(cfg.depth):
+      layer_cache = None if cache is None else cache[i]
+      x, layer_cache = block(cfg, self.deterministic, name=f"layers_{i}")(x, c, start, layer_cache)
+      new_cache.append(layer_cache)
+    return x, None if cache is None else tuple(new_cache)
 
 
 class RAR(nn.Module):
@@ -96,8 +98,8 @@ class RAR(nn.Module):
     class_tokens: Array,
     orders: Array,
     start: Array | int = 0,
-    cache: layers.KVCache | None = None,
-  ) -> tuple[Array, layers.KVCache | None]:
+    cache: Cache | None = None,
+  ) -> tuple[Array, Cache | None]:
     """Runs positions [start, start + T) of the sequence.
 
     Args:
@@ -105,7 +107,8 @@ class RAR(nn.Module):
       class_tokens: [B] int class token ids (class + codebook_size + 1).
       orders: [B, L] int, orders[b, i] = raster position generated at step i.
       start: first sequence position of this call (0 without a cache).
-      cache: optional stacked KV cache of length S >= start + T.
+      cache: optional KV cache (one per layer, see `init_cache`) of length S >= start + T;
+        only with unscanned layers.
 
     Returns:
       logits [B, T, codebook_size] float32 (position q predicts the token at step q - 1),
@@ -141,6 +144,25 @@ class RAR(nn.Module):
     logits = layers.Linear((cfg.codebook_size,), ("embed", "codes"), dtype, name="lm_head")(x)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "act_codes"))
     return logits.astype(jnp.float32), cache
+
+
+def unscan(cfg: ModelConfig, params: Params) -> tuple[ModelConfig, Params]:
+  """The same model with unrolled layers (what KV-cache decoding runs): layer i's parameters
+  are slice i of the stacked ones. A no-op for an unscanned config."""
+  if not cfg.scan_layers:
+    return cfg, params
+  stacked = params["blocks"]["layers"]
+  blocks = {f"layers_{i}": jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(cfg.depth)}
+  return dataclasses.replace(cfg, scan_layers=False), {**params, "blocks": blocks}
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int | None = None) -> Cache:
+  """A zero KV cache of `length` positions (default L + 1: every position a sampler feeds)."""
+  shape = (batch, cfg.heads, cfg.seq_len + 1 if length is None else length, cfg.head_dim)
+  dtype = layers.compute_dtype(cfg)
+  return tuple(
+    {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.depth)
+  )
 
 
 def class_tokens(cfg: ModelConfig, class_ids: Array) -> Array:

@@ -33,15 +33,15 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from rar_jax import layers, model, randomization, sharding
+from rar_jax import model, randomization, sharding
 from rar_jax.presets import ModelConfig
 
 Array = jax.Array
 Params = Any
 Sampler = Callable[..., Array]
 
-# Logical axes of the stacked cache [depth, rows, S, H, K]: rows over the batch mesh axes.
-_CACHE_AXES = ("layers", "batch", "length", "act_heads", None)
+# Logical axes of a layer's cache [rows, H, S, K]: rows over the batch mesh axes.
+_CACHE_AXES = ("batch", "act_heads", "length", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,14 +157,14 @@ def _decode(
   b, seq_len = class_ids.shape[0], cfg.seq_len
   rows = 2 if sampling.guided else 1  # model rows per sample
   class_tok, row_orders = _model_rows(cfg, class_ids, orders, rows)
+  cfg, params = model.unscan(cfg, params)  # one cache buffer per layer, updated in place
   apply = functools.partial(model.RAR(cfg).apply, {"params": params})
 
-  def run(ids: Array, start: Array | int, cache: layers.KVCache):
+  def run(ids: Array, start: Array | int, cache: model.Cache):
     cache = jax.tree.map(lambda a: nn.with_logical_constraint(a, _CACHE_AXES), cache)
     return apply(ids, class_tok, row_orders, start, cache)
 
-  shape = (cfg.depth, b * rows, seq_len + 1, cfg.heads, cfg.head_dim)
-  cache = {n: jnp.zeros(shape, layers.compute_dtype(cfg)) for n in ("k", "v")}
+  cache = model.init_cache(cfg, b * rows)
   prefix = jnp.stack([jnp.zeros_like(class_tok), class_tok], axis=1)  # [R, 2] = [cls, class]
   out, cache = run(prefix, 0, cache)
 

@@ -156,9 +156,8 @@ def test_kv_cache_matches_full_forward():
   orders = jnp.stack([jnp.arange(16), jnp.asarray(rng.permutation(16))])
   full = model.forward(cfg, params, tokens, labels, orders)
   ids = model.training_ids(cfg, tokens, labels, orders)
-  cache = {
-    n: jnp.zeros((cfg.depth, 2, cfg.seq_len + 1, cfg.heads, cfg.head_dim)) for n in ("k", "v")
-  }
+  cfg, params = model.unscan(cfg, params)
+  cache = model.init_cache(cfg, 2)
   apply = jax.jit(model.RAR(cfg).apply)
   cls_tok = model.class_tokens(cfg, labels)
   out, cache = apply({"params": params}, ids[:, :2], cls_tok, orders, 0, cache)
