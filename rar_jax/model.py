@@ -139,6 +139,7 @@ class RAR(nn.Module):
     dtype = layers.compute_dtype(cfg)
     x = nn.with_logical_constraint(x.astype(dtype), ("batch", "length", "act_embed"))
     c = nn.with_logical_constraint(c.astype(dtype), ("batch", "length", "act_embed"))
+    c = nn.silu(c)  # every AdaLN layer reads silu(c): compute it once
     x, cache = BlockStack(cfg, self.deterministic, name="blocks")(x, c, start, cache)
     x = layers.FinalLayer(cfg, name="final")(x, c)
     logits = layers.Linear((cfg.codebook_size,), ("embed", "codes"), dtype, name="lm_head")(x)
