@@ -64,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.dir = placeholder(str)
   c.data.builtin = ""
-  c.data.worker_count = 0
+  c.data.worker_count = 0  # Grain worker processes (0: batches are made in this process)
+  c.data.read_threads = 16  # Grain threads reading records
 
   # The tokenizer decodes samples (previews, sample sets); VQGAN weights are a user file.
   c.image_size = 256

@@ -30,11 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.end_lr = 1e-5
   config.optim.warmup_steps = 100
 
-  config.train.steps = 1500
+  config.train.steps = 800
   config.train.global_batch = 64
   config.train.log_every = 50
 
-  config.checkpoint.every_steps = 500
+  config.checkpoint.every_steps = 200
   config.checkpoint.keep = 2
   config.checkpoint.keep_every = 0
 
@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.image_size = 8
   config.tokenizer.kind = "pixel"
-  config.eval.grid_every = 500
+  config.eval.grid_every = 200
   config.eval.grid_classes = tuple(range(10))
   config.eval.samples_per_class = 20
   config.eval.score = "digits"

@@ -135,6 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       global_batch=plan.global_batch,
       seed=config.seed,
       worker_count=config.data.worker_count,
+      read_threads=config.data.read_threads,
     )
   )
   export.write_workdir_config(workdir, config)
