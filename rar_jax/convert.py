@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rar_jax import presets
+from rar_jax import presets, torch_io
 from rar_jax.presets import ModelConfig
 
 Params = dict[str, Any]
@@ -143,27 +143,6 @@ def official_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _check_keys(state: Mapping[str, Any], cfg: ModelConfig) -> None:
-  expected = official_shapes(cfg)
-  missing = sorted(set(expected) - set(state))
-  if missing:
-    raise ValueError(
-      f"official state dict is missing key {missing[0]!r} (expected shape "
-      f"{expected[missing[0]]}); {len(missing)} key(s) missing in all"
-    )
-  unexpected = sorted(set(state) - set(expected))
-  if unexpected:
-    key = unexpected[0]
-    raise ValueError(
-      f"official state dict has unexpected key {key!r} with shape "
-      f"{tuple(np.shape(state[key]))} for a model of depth {cfg.depth}"
-    )
-  for key, shape in expected.items():
-    got = tuple(np.shape(state[key]))
-    if got != shape:
-      raise ValueError(f"official key {key!r} has shape {got}, expected {shape}")
-
-
 def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
   for name in path[:-1]:
     tree = tree.setdefault(name, {})
@@ -182,7 +161,7 @@ def from_official(state: Mapping[str, Any], cfg: ModelConfig) -> Params:
   Raises:
     ValueError: a missing, unexpected or mis-shaped key, naming the key and both shapes.
   """
-  _check_keys(state, cfg)
+  torch_io.check_state_dict(state, official_shapes(cfg), "official RAR state dict")
   as_f32 = lambda key: np.asarray(state[key], dtype=np.float32)
   params: Params = {}
   for key, rule in _top_rules(cfg).items():
@@ -223,15 +202,11 @@ def load_official(source: str | os.PathLike | Mapping[str, Any], cfg: ModelConfi
   """
   if isinstance(source, Mapping):
     return from_official(source, cfg)
-  from rar_jax import torch_io  # noqa: PLC0415 - keeps numpy-mapping users free of zip I/O
-
   return from_official(torch_io.load_state_dict(source), cfg)
 
 
 def save_official(params: Params, cfg: ModelConfig, path: str | os.PathLike, **kwargs) -> None:
   """Writes an official-format state dict (.bin/.pt via torch, or .npz)."""
-  from rar_jax import torch_io  # noqa: PLC0415
-
   torch_io.save_state_dict(to_official(params, cfg), path, **kwargs)
 
 

@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rar_jax import torch_io
+
 Array = jax.Array
 Variables = dict[str, Any]  # {"params": ..., "batch_stats": ...}
 Shapes = dict[str, tuple[int, ...]]  # torch state-dict key -> shape
@@ -453,19 +455,6 @@ def _is_optional(key: str) -> bool:
   return key.endswith(f".bn.{suffix}") and f"{key[: -len(suffix)]}weight" in _OFFICIAL
 
 
-def _check_keys(state_dict: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]) -> None:
-  for key, shape in expected.items():
-    if key not in state_dict:
-      raise ValueError(f"missing key {key!r}: expected shape {shape}, got none")
-    got = tuple(np.shape(state_dict[key]))
-    if got != shape:
-      raise ValueError(f"wrong shape for {key!r}: expected {shape}, got {got}")
-  for key in state_dict:
-    if key not in expected and not _is_optional(key):
-      got = tuple(np.shape(state_dict[key]))
-      raise ValueError(f"unexpected key {key!r}: expected none, got shape {got}")
-
-
 def _assign(tree: dict, path: Sequence[str], value: np.ndarray) -> None:
   for p in path[:-1]:
     tree = tree.setdefault(p, {})
@@ -479,7 +468,7 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> Variables:
   Raises:
     ValueError: a missing, unexpected or mis-shaped key, naming the key and both shapes.
   """
-  _check_keys(state_dict, _OFFICIAL)
+  torch_io.check_state_dict(state_dict, _OFFICIAL, "Inception state dict", _is_optional)
   variables: Variables = {"params": {}, "batch_stats": {}}
   for key in _OFFICIAL:
     arr = np.asarray(state_dict[key], dtype=np.float32)
@@ -504,9 +493,7 @@ def load_weights(source: str | os.PathLike | Mapping[str, Any]) -> Variables:
   """
   if isinstance(source, Mapping):
     return convert_state_dict(source)
-  from rar_jax.torch_io import load_state_dict  # noqa: PLC0415
-
-  return convert_state_dict(load_state_dict(source))
+  return convert_state_dict(torch_io.load_state_dict(source))
 
 
 _OFFICIAL = official_shapes()

@@ -28,15 +28,19 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return (np.clip(np.asarray(images, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def image_grid(images: np.ndarray, columns: int, min_cell: int = 64) -> np.ndarray:
-  """[N, H, W, 3] uint8 -> one [rows*H', columns*W', 3] grid, enlarged (nearest) so that
-  each cell is at least min_cell pixels wide; N must be a multiple of columns."""
+def image_grid(images: np.ndarray, columns: int, min_cell: int = 64, gap: int = 2) -> np.ndarray:
+  """[N, H, W, 3] uint8 -> one grid image with `columns` cells a row, each enlarged (nearest)
+  to at least min_cell pixels wide and framed by `gap` grey pixels; N must be a multiple of
+  columns."""
   n, h, w, c = images.shape
   scale = max(1, -(-min_cell // w))
-  images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+  cells = images.repeat(scale, axis=1).repeat(scale, axis=2)
+  cells = np.pad(cells, ((0, 0), (gap, 0), (gap, 0), (0, 0)), constant_values=128)
+  hh, ww = cells.shape[1:3]
   rows = n // columns
-  grid = images.reshape(rows, columns, h * scale, w * scale, c).transpose(0, 2, 1, 3, 4)
-  return grid.reshape(rows * h * scale, columns * w * scale, c)
+  grid = cells.reshape(rows, columns, hh, ww, c).transpose(0, 2, 1, 3, 4)
+  grid = grid.reshape(rows * hh, columns * ww, c)
+  return np.pad(grid, ((0, gap), (0, gap), (0, 0)), constant_values=128)
 
 
 def sampling_config(config: ml_collections.ConfigDict) -> sampling.SamplingConfig:

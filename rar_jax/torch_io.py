@@ -17,7 +17,7 @@ import pathlib
 import pickle
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_dtypes
@@ -250,3 +250,32 @@ def save_state_dict(
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
+
+
+def check_state_dict(
+  state: Mapping[str, Any],
+  expected: Mapping[str, tuple[int, ...]],
+  what: str,
+  optional: Callable[[str], bool] = lambda key: False,
+) -> None:
+  """Checks a state dict against the expected {name: shape}, before any conversion.
+
+  Raises:
+    ValueError: naming `what`, the first missing, unexpected (unless `optional`) or mis-shaped
+      key, and both shapes.
+  """
+  missing = sorted(set(expected) - set(state))
+  if missing:
+    key = missing[0]
+    raise ValueError(
+      f"{what} is missing key {key!r} (expected shape {expected[key]}); "
+      f"{len(missing)} key(s) missing in all"
+    )
+  unexpected = sorted(k for k in set(state) - set(expected) if not optional(k))
+  if unexpected:
+    key = unexpected[0]
+    raise ValueError(f"{what} has unexpected key {key!r} with shape {tuple(np.shape(state[key]))}")
+  for key, shape in expected.items():
+    got = tuple(np.shape(state[key]))
+    if got != shape:
+      raise ValueError(f"{what} key {key!r} has shape {got}, expected {shape}")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rar_jax import sharding
+from rar_jax import sharding, torch_io
 
 Array = jax.Array
 GN_GROUPS = 32
@@ -289,24 +289,11 @@ def _flax_path(name: str) -> tuple[str, ...]:
   return (*path, leaf)
 
 
-def _check_keys(state_dict: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]) -> None:
-  for key, shape in expected.items():
-    if key not in state_dict:
-      raise ValueError(f"missing key {key!r}: expected shape {shape}, got none")
-    got = tuple(np.shape(state_dict[key]))
-    if got != shape:
-      raise ValueError(f"wrong shape for {key!r}: expected {shape}, got {got}")
-  for key in state_dict:
-    if key not in expected:
-      got = tuple(np.shape(state_dict[key]))
-      raise ValueError(f"unexpected key {key!r}: expected none, got shape {got}")
-
-
 def convert_official(state_dict: Mapping[str, np.ndarray], cfg: VQGANConfig) -> dict[str, Any]:
   """Official torch state_dict (`encoder.*`, `decoder.*`, `quantize.embedding.weight`) -> Flax
   params of `VQGAN(cfg)`, float32. Conv weights (out, in, kh, kw) become (kh, kw, in, out).
   Raises ValueError on a missing, unexpected or mis-shaped key."""
-  _check_keys(state_dict, official_shapes(cfg))
+  torch_io.check_state_dict(state_dict, official_shapes(cfg), "MaskGIT-VQGAN state dict")
   params: dict[str, Any] = {}
   for key, value in state_dict.items():
     arr = np.asarray(value, dtype=np.float32)
@@ -326,9 +313,7 @@ def load_official(
   """Converted params from a state_dict mapping or a checkpoint path (`.bin`/`.pt`/`.npz`)."""
   if isinstance(source, Mapping):
     return convert_official(source, cfg)
-  from rar_jax.torch_io import load_state_dict
-
-  return convert_official(load_state_dict(source), cfg)
+  return convert_official(torch_io.load_state_dict(source), cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -259,7 +259,9 @@ def test_converter_rejects_bad_keys(state):
     inception.load_weights(missing)
   with pytest.raises(ValueError, match=r"unexpected key 'AuxLogits.fc.weight'.*\(1000, 768\)"):
     inception.load_weights({**state, "AuxLogits.fc.weight": np.zeros((1000, 768))})
-  with pytest.raises(ValueError, match=r"'fc.weight': expected \(1008, 2048\), got \(1000, 2048\)"):
+  with pytest.raises(
+    ValueError, match=r"'fc.weight' has shape \(1000, 2048\), expected \(1008, 2048\)"
+  ):
     inception.load_weights({**state, "fc.weight": np.zeros((1000, 2048))})
 
 

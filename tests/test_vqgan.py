@@ -81,7 +81,9 @@ def test_converter_rejects_extra_key(golden):
 def test_converter_rejects_wrong_shape(golden):
   cfg, state, _ = golden
   bad = {**state, "quantize.embedding.weight": np.zeros((16, 64), np.float32)}
-  with pytest.raises(ValueError, match=r"quantize\.embedding\.weight.*\(64, 16\).*\(16, 64\)"):
+  with pytest.raises(
+    ValueError, match=r"quantize\.embedding\.weight.*\(16, 64\), expected \(64, 16\)"
+  ):
     vqgan.convert_official(bad, cfg)
 
 
