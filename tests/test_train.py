@@ -1,6 +1,7 @@
 """The training job: mesh invariance, exact resume after SIGKILL, SIGTERM, checkpoint fallback,
 and config validation."""
 
+import json
 import os
 import pathlib
 import signal
@@ -262,3 +263,38 @@ def test_two_processes_train_like_one_process_on_their_joined_batches(tmp_path, 
   assert set(single) == set(distributed)
   for key, value in single.items():
     np.testing.assert_allclose(distributed[key], value, atol=1e-5, err_msg=key)
+
+
+def test_nonfinite_loss_stops_the_job_naming_the_step(tmp_path, data_dir):
+  config = train_worker.tiny_config(data_dir, 50)
+  config.optim.lr, config.optim.warmup_steps, config.optim.grad_clip_norm = 1e35, 1, 1e35
+  with pytest.raises(FloatingPointError, match=r"non-finite .* at step \d+"):
+    train.train_and_evaluate(config, str(tmp_path))
+  manager = checkpointing.make_manager(str(tmp_path), config.checkpoint)
+  assert manager.all_steps() == []  # nothing non-finite was saved
+
+
+def test_digits_job_end_to_end(tmp_path):
+  """The README's main job, shrunk: data created when absent, TensorBoard sample grids during
+  training, and the final grid and score."""
+  from tensorboard.backend.event_processing import event_accumulator
+
+  from configs import digits
+
+  config = digits.get_config()
+  config.model.width, config.model.depth, config.model.mlp_dim = 32, 1, 64
+  config.train.steps, config.train.global_batch = 4, 16
+  config.checkpoint.every_steps, config.eval.grid_every, config.eval.samples_per_class = 4, 2, 2
+  config.data.dir = str(tmp_path / "digits_data")
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert (tmp_path / "digits_data" / "metadata.json").exists()
+  score = json.loads((tmp_path / "run" / "sample_score.json").read_text())
+  assert score["num_samples"] == 20 and len(score["per_class"]) == 10
+  assert 0.0 <= score["accuracy"] <= 1.0 and score["real_digits_accuracy"] > 0.95
+  from PIL import Image
+
+  assert Image.open(tmp_path / "run" / "samples.png").size == (2 * 66 + 2, 10 * 66 + 2)
+  events = event_accumulator.EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0})
+  events.Reload()
+  grids = [e.step for e in events.Tensors("samples")]
+  assert grids == [2, 4]
