@@ -84,4 +84,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.guidance_scale = 16.0
   c.sampling.guidance_power = 2.75
   c.sampling.temperature = 1.0
+  c.sampling.top_k = 0  # off, as the official sampler
+  c.sampling.top_p = 1.0  # off
   return c

@@ -19,19 +19,23 @@ from etils import epath
 from rar_jax.train_state import TrainState
 
 
-def make_manager(workdir: str, ckpt_cfg: Mapping[str, Any]) -> ocp.CheckpointManager:
+def make_manager(
+  workdir: str, ckpt_cfg: Mapping[str, Any], read_only: bool = False
+) -> ocp.CheckpointManager:
   """CheckpointManager for `<workdir>/checkpoints` (local path or gs://).
 
   Keys of ckpt_cfg: every_steps (save interval), keep (the last K), keep_every (also keep every
-  M-th step for good; 0 = none).
+  M-th step for good; 0 = none). read_only: for readers beside a live run (export), which
+  must neither create nor clean up anything.
   """
   options = ocp.CheckpointManagerOptions(
     save_interval_steps=ckpt_cfg["every_steps"],
     max_to_keep=ckpt_cfg["keep"],
     keep_period=ckpt_cfg["keep_every"] or None,
     enable_async_checkpointing=True,
-    create=True,
-    cleanup_tmp_directories=True,
+    create=not read_only,
+    cleanup_tmp_directories=not read_only,
+    read_only=read_only,
   )
   directory = epath.Path(workdir) / "checkpoints"
   return ocp.CheckpointManager(directory, item_names=("state", "data_iter"), options=options)
@@ -61,8 +65,13 @@ def restore_latest(
 
   Returns:
     The restored state, or None when the workdir has no checkpoint (a fresh run).
+
+  Raises:
+    RuntimeError: checkpoints exist but none restores (e.g. the model config or the number of
+      processes changed): starting over would overwrite them, so the job stops instead.
   """
-  for step in sorted(manager.all_steps(), reverse=True):
+  steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
     try:
       restored = manager.restore(
         step,
@@ -79,4 +88,9 @@ def restore_latest(
       continue
     logging.info("Restored checkpoint at step %d from %s", step, manager.directory)
     return restored.state
+  if steps:
+    raise RuntimeError(
+      f"none of the checkpoints {steps} in {manager.directory} could be restored (see the "
+      "warnings above); fix the config or move them away to start afresh"
+    )
   return None

@@ -26,6 +26,10 @@ def prepare(data_cfg: Mapping[str, Any], model_cfg: ModelConfig) -> str:
     FileNotFoundError: no metadata.json in dir (naming it).
     ValueError: unknown builtin, or metadata that does not fit the model (naming the key).
   """
+  if not data_cfg["dir"]:
+    raise ValueError(
+      "data.dir is not set: point it at a pretokenized data set (rar_jax.pretokenize)"
+    )
   data_dir = os.fspath(data_cfg["dir"])
   builtin = data_cfg.get("builtin") or ""
   if builtin:

@@ -29,10 +29,15 @@ def detect(env: Mapping[str, str] = os.environ) -> dict | None:
       raise ValueError(
         f"set all of {EXPLICIT} for an explicit multi-process run; missing {missing}"
       )
+    counts = {}
+    for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+      if not env[name].isdigit():
+        raise ValueError(f"{name}={env[name]!r} is not a non-negative integer")
+      counts[name] = int(env[name])
     return {
       "coordinator_address": env["JAX_COORDINATOR_ADDRESS"],
-      "num_processes": int(env["JAX_NUM_PROCESSES"]),
-      "process_id": int(env["JAX_PROCESS_ID"]),
+      "num_processes": counts["JAX_NUM_PROCESSES"],
+      "process_id": counts["JAX_PROCESS_ID"],
     }
   if int(env.get("SLURM_NTASKS", "1")) > 1:
     return {}

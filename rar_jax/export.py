@@ -108,7 +108,9 @@ def load(
 
 def params_from_workdir(workdir: str, step: int | None, cfg: ModelConfig, mesh: Mesh) -> Any:
   """Restores only the parameters of a training checkpoint (no optimizer state is read)."""
-  manager = checkpointing.make_manager(workdir, {"every_steps": 1, "keep": 1, "keep_every": 0})
+  manager = checkpointing.make_manager(
+    workdir, {"every_steps": 1, "keep": 1, "keep_every": 0}, read_only=True
+  )
   step = manager.latest_step() if step is None else step
   if step is None or step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}/checkpoints")

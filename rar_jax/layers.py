@@ -98,12 +98,13 @@ def hashed_bits(key: Array, shape: tuple[int, ...]) -> Array:
   `key`. Element i depends only on (key, i), so any sharding gives the same bits, at a few
   integer ops per element instead of threefry's ~80."""
   seeds = jax.random.bits(key, (2,), jnp.uint32)
-  index = jnp.zeros(shape, jnp.uint32)
-  stride = 1
-  for axis in reversed(range(len(shape))):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+  inner = jnp.zeros(shape, jnp.uint32)  # index within a sample (the leading axis mixed apart,
+  stride = 1  # so no index wraps around 2^32 at any batch size)
+  for axis in reversed(range(1, len(shape))):
+    inner = inner + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
     stride *= shape[axis]
-  return _mix32(_mix32(index + seeds[0]) ^ seeds[1])
+  lead = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
+  return _mix32(_mix32(inner + seeds[0]) ^ _mix32(lead + seeds[1]))
 
 
 class Dropout(nn.Module):

@@ -48,7 +48,7 @@ from ml_collections import config_flags
 from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import augment, records, tokenizers, vqgan
+from rar_jax import augment, distributed, records, tokenizers, vqgan
 from rar_jax.pixel_tokenizer import PixelTokenizer
 
 SOURCES = ("imagenet_tfds", "image_folder", "jsonl", "digits")
@@ -456,13 +456,18 @@ def _cli() -> None:
   output_dir = flags.DEFINE_string("output_dir", None, "Where to write shards + metadata.json.")
   index = flags.DEFINE_integer("process_index", None, "Default: jax.process_index().")
   count = flags.DEFINE_integer("process_count", None, "Default: jax.process_count().")
-  distributed = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+  multihost = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process run (as RAR_DISTRIBUTED=1; see rar_jax.distributed).",
+  )
   flags.mark_flags_as_required(["config", "output_dir"])
 
   def main(argv: Sequence[str]) -> None:
     del argv
-    if distributed.value:
-      jax.distributed.initialize()
+    if multihost.value:
+      os.environ["RAR_DISTRIBUTED"] = "1"
+    distributed.initialize()
     meta = run(config.value, output_dir.value, process_index=index.value, process_count=count.value)
     logging.info("%s: %d records, %d shards", output_dir.value, meta.num_records, len(meta.shards))
 

@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 from etils import epath
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from PIL import Image
 
@@ -44,9 +45,14 @@ def image_grid(images: np.ndarray, columns: int, min_cell: int = 64, gap: int = 
 
 
 def sampling_config(config: ml_collections.ConfigDict) -> sampling.SamplingConfig:
+  """The SamplingConfig of a config's `sampling` group."""
   s = config.sampling
   return sampling.SamplingConfig(
-    guidance_scale=s.guidance_scale, guidance_power=s.guidance_power, temperature=s.temperature
+    guidance_scale=s.guidance_scale,
+    guidance_power=s.guidance_power,
+    temperature=s.temperature,
+    top_k=s.top_k,
+    top_p=s.top_p,
   )
 
 
@@ -67,11 +73,12 @@ class Previews:
   def images(self, params: Any, class_ids: np.ndarray, seed: int) -> np.ndarray:
     """uint8 [N, H, W, 3] samples of the given classes (padded to the data-parallel size)."""
     n = len(class_ids)
-    dp = sharding.data_parallel_size(self.mesh)
-    padded = np.resize(class_ids, -(-n // dp) * dp).astype(np.int32)
+    multiple = max(sharding.data_parallel_size(self.mesh), jax.local_device_count())
+    padded = np.resize(class_ids, -(-n // multiple) * multiple).astype(np.int32)
     key = jax.random.fold_in(self.key, seed)
     tokens = sampling.sample_on_mesh(self.sampler, self.mesh, params, padded, key)
-    return to_uint8(self.tokenizer.decode(np.asarray(jax.device_get(tokens))[:n]))
+    tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+    return to_uint8(self.tokenizer.decode(tokens))[:n]
 
   def maybe_write_grid(self, step: int, params: Any, writer: metric_writers.MetricWriter) -> None:
     """Writes the TensorBoard grid of eval.grid_classes every eval.grid_every steps."""

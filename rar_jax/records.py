@@ -7,7 +7,7 @@ Record layout (`RECORD_FORMAT`), fixed size `2 * (seq_len + 1)` bytes, no header
 
 so codebook_size and num_classes are at most 65536. Each shard is an ArrayRecord file written
 with "group_size:1" (random access) and named `shard_filename(split, process, shard)`, e.g.
-`train-00003-00012.array_record` for host 3's 13th shard. A shard is written under
+`train-00003-00012.array_record` for shard 12, written by host 3. A shard is written under
 `<name>.inprogress` and renamed when closed, so a file with the final name is always complete.
 `metadata.json` beside the shards lists every shard with its record count; `TokenRecordSource`
 checks the shards against it at start-up and validates each record as it is read.

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import export, previews, sampling, sharding, tokenizers
+from rar_jax import distributed, export, previews, sampling, sharding, tokenizers
 
 SAMPLES_FILE = "samples.npz"
 
@@ -64,9 +64,11 @@ def generate(
   classes = class_schedule(num_samples, exp.model.num_classes)
   num_chunks = -(-num_samples // batch_size)
   (out / "chunks").mkdir(parents=True, exist_ok=True)
-  todo = [
-    c for c in range(num_chunks) if not all(_chunk_path(out, c, h).exists() for h in range(hosts))
-  ]
+  done = np.array(
+    [all(_chunk_path(out, c, h).exists() for h in range(hosts)) for c in range(num_chunks)]
+  )
+  done = multihost_utils.broadcast_one_to_all(done)  # every host samples the same chunks
+  todo = [c for c in range(num_chunks) if not done[c]]
   logging.info("%d of %d chunks to sample", len(todo), num_chunks)
   sampler = sampling.make_sampler(exp.model, settings)
   key = jax.random.key(seed)
@@ -86,16 +88,15 @@ def generate(
 def assemble(out: epath.Path, num_samples: int, num_classes: int, batch_size: int) -> None:
   """Process 0: chunks -> samples.npz (arr_0, labels) and grid.png."""
   num_chunks = -(-num_samples // batch_size)
-  parts = [
-    np.load(io.BytesIO(_chunk_path(out, c, h).read_bytes()))
-    for c in range(num_chunks)
-    for h in range(jax.process_count())
-  ]
-  index = np.concatenate([p["index"] for p in parts])
-  images = np.concatenate([p["images"] for p in parts])[np.argsort(index)]
-  buffer = io.BytesIO()
-  np.savez(buffer, arr_0=images, labels=class_schedule(num_samples, num_classes))
-  (out / SAMPLES_FILE).write_bytes(buffer.getvalue())
+  images = None
+  for c in range(num_chunks):
+    for h in range(jax.process_count()):
+      part = np.load(io.BytesIO(_chunk_path(out, c, h).read_bytes()))
+      if images is None:
+        images = np.zeros((num_samples, *part["images"].shape[1:]), np.uint8)
+      images[part["index"]] = part["images"]
+  with (out / SAMPLES_FILE).open("wb") as f:
+    np.savez(f, arr_0=images, labels=class_schedule(num_samples, num_classes))
   columns = min(16, len(images))
   grid = previews.image_grid(images[: columns * max(1, min(8, len(images) // columns))], columns)
   with (out / "grid.png").open("wb") as f:
@@ -112,16 +113,23 @@ def _cli() -> None:
   guidance = flags.DEFINE_float("guidance_scale", None, "Default: the export's.")
   power = flags.DEFINE_float("guidance_power", None, "Default: the export's.")
   temperature = flags.DEFINE_float("temperature", None, "Default: the export's.")
+  top_k = flags.DEFINE_integer("top_k", 0, "Keep the k most likely codes (0: off, as official).")
+  top_p = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0: off, as official).")
   flags.mark_flags_as_required(["export", "output"])
+  flags.register_validator("num_samples", lambda v: v > 0, "--num_samples must be positive")
+  flags.register_validator("batch_size", lambda v: v > 0, "--batch_size must be positive")
 
   def main(argv: list[str]) -> None:
     del argv
+    distributed.initialize()
     exp = export.load(export_dir.value)
     s = exp.sampling
     settings = sampling.SamplingConfig(
       guidance_scale=s["guidance_scale"] if guidance.value is None else guidance.value,
       guidance_power=s["guidance_power"] if power.value is None else power.value,
       temperature=s["temperature"] if temperature.value is None else temperature.value,
+      top_k=top_k.value,
+      top_p=top_p.value,
     )
     tok_cfg = {**exp.tokenizer, "weights": weights.value or exp.tokenizer.get("weights")}
     tokenizer = tokenizers.build(tok_cfg, exp.image_size)

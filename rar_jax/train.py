@@ -51,6 +51,12 @@ def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
   total = config.train.steps
   if total <= 0:
     raise ValueError(f"train.steps must be positive, got {total}")
+  for key in ("checkpoint.every_steps", "train.log_every"):
+    group, name = key.split(".")
+    if config[group][name] <= 0:
+      raise ValueError(f"{key} must be positive, got {config[group][name]}")
+  if config.eval.grid_every < 0:
+    raise ValueError(f"eval.grid_every must be >= 0 (0 = off), got {config.eval.grid_every}")
   anneal = randomization.anneal_steps(config.randomness, total)
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.dcn_data, devices)
   dp = sharding.data_parallel_size(mesh)
@@ -69,7 +75,10 @@ class PreemptionGuard:
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    # With several processes, JAX's own preemption notifier holds SIGTERM; keep it.
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
@@ -82,12 +91,19 @@ class PreemptionGuard:
     return self.requested
 
   def close(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
-def _compile_step(plan: Plan, config, abstract: train_state.TrainState, rules: sharding.Rules):
+def _compile_step(
+  plan: Plan,
+  config: ml_collections.ConfigDict,
+  optimizer: tuple[Any, Any],
+  abstract: train_state.TrainState,
+  rules: sharding.Rules,
+):
   """The jitted step, compiled ahead of time for the abstract state and batch; logs memory."""
-  tx, schedule = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
+  tx, schedule = optimizer
   sc = train_step.StepConfig(plan.model, *plan.anneal, config.randomness.label_dropout)
   state_sh = jax.tree.map(lambda a: a.sharding, abstract)
   step_fn = train_step.jit_train_step(sc, tx, schedule, plan.mesh, state_sh, rules)
@@ -113,9 +129,15 @@ def _compile_step(plan: Plan, config, abstract: train_state.TrainState, rules: s
   return compiled, seconds
 
 
-def _restore_or_init(config, workdir: str, plan: Plan, rules: sharding.Rules, data_iter):
+def _restore_or_init(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  plan: Plan,
+  tx: Any,
+  rules: sharding.Rules,
+  data_iter: Any,
+):
   """(manager, abstract state, state): the newest good checkpoint, else a fresh sharded state."""
-  tx, _ = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   abstract = train_state.abstract_state(plan.model, tx, plan.mesh, rules)
   state = checkpointing.restore_latest(manager, abstract, data_iter)
@@ -139,9 +161,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     )
   )
   export.write_workdir_config(workdir, config)
-  manager, abstract, state = _restore_or_init(config, workdir, plan, rules, data_iter)
+  optimizer = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
+  manager, abstract, state = _restore_or_init(config, workdir, plan, optimizer[0], rules, data_iter)
   step = int(state.step)
-  compiled, compile_s = _compile_step(plan, config, abstract, rules)
+  compiled, compile_s = _compile_step(plan, config, optimizer, abstract, rules)
 
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0, asynchronous=True
