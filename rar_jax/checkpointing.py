@@ -37,6 +37,8 @@ def make_manager(
     cleanup_tmp_directories=not read_only,
     read_only=read_only,
   )
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)  # Orbax needs absolute local paths
   directory = epath.Path(workdir) / "checkpoints"
   return ocp.CheckpointManager(directory, item_names=("state", "data_iter"), options=options)
 

@@ -274,7 +274,7 @@ def test_nonfinite_loss_stops_the_job_naming_the_step(tmp_path, data_dir):
   assert manager.all_steps() == []  # nothing non-finite was saved
 
 
-def test_digits_job_end_to_end(tmp_path):
+def test_digits_job_end_to_end(tmp_path, monkeypatch):
   """The README's main job, shrunk: data created when absent, TensorBoard sample grids during
   training, and the final grid and score."""
   from tensorboard.backend.event_processing import event_accumulator
@@ -285,8 +285,9 @@ def test_digits_job_end_to_end(tmp_path):
   config.model.width, config.model.depth, config.model.mlp_dim = 32, 1, 64
   config.train.steps, config.train.global_batch = 4, 16
   config.checkpoint.every_steps, config.eval.grid_every, config.eval.samples_per_class = 4, 2, 2
-  config.data.dir = str(tmp_path / "digits_data")
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  monkeypatch.chdir(tmp_path)  # relative paths, as in the README command
+  config.data.dir = "digits_data"
+  train.train_and_evaluate(config, "run")
   assert (tmp_path / "digits_data" / "metadata.json").exists()
   score = json.loads((tmp_path / "run" / "sample_score.json").read_text())
   assert score["num_samples"] == 20 and len(score["per_class"]) == 10
