@@ -55,6 +55,7 @@ def matmul_peak_tflops(dtype: Any, n: int = 2048) -> float:
 
 
 def peak_tflops(dtype: Any) -> tuple[float, str]:
+  """(peak TFLOP/s per device, its source): measured on the CPU, the chip table elsewhere."""
   device = jax.devices()[0]
   if device.platform == "cpu":
     return matmul_peak_tflops(dtype), "measured matmul"
@@ -63,6 +64,7 @@ def peak_tflops(dtype: Any) -> tuple[float, str]:
 
 
 def bench_train(cfg: presets.ModelConfig, batch: int, steps: int, warmup: int) -> dict:
+  """Compile time, median step time and model FLOPs of the real train step on all devices."""
   tx, schedule = optim.make_optimizer(OPTIM, cfg, 1000)
   mesh = sharding.make_mesh()
   state = train_state.init_sharded(cfg, tx, 0, mesh)
@@ -100,7 +102,10 @@ def sample_flops(cfg: presets.ModelConfig, rows: int) -> float:
   return rows * (dense + attention)
 
 
-def bench_sample(cfg, batch: int, steps: int, warmup: int, guidance: float, decode: bool) -> dict:
+def bench_sample(
+  cfg: presets.ModelConfig, batch: int, steps: int, warmup: int, guidance: float, decode: bool
+) -> dict:
+  """Compile time, median time per sampled batch (optionally decoded) and model FLOPs."""
   settings = sampling.SamplingConfig(guidance_scale=guidance, guidance_power=1.5, temperature=1.0)
   mesh = sharding.make_mesh()
   from rar_jax import model  # noqa: PLC0415

@@ -53,6 +53,7 @@ def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
 
 
 def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training workdir was run with (its config.json)."""
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: is {workdir} a rar_jax training workdir?")

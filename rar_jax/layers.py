@@ -32,14 +32,17 @@ def normal_init(names: tuple[str | None, ...]):
 
 
 def zeros_init(names: tuple[str | None, ...]):
+  """Zeros with logical axis names."""
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
 def ones_init(names: tuple[str | None, ...]):
+  """Ones with logical axis names."""
   return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
 
 
 def compute_dtype(cfg: ModelConfig) -> Any:
+  """The dtype activations are computed in (parameters stay float32)."""
   return jnp.dtype(cfg.dtype)
 
 
@@ -81,6 +84,7 @@ class Linear(nn.Module):
 
 
 def modulate(x: Array, shift: Array, scale: Array) -> Array:
+  """AdaLN: x * (1 + scale) + shift."""
   return x * (1 + scale) + shift
 
 

@@ -124,10 +124,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of an array copied whole to every device of the mesh."""
   return NamedSharding(mesh, PartitionSpec())
 
 
 def data_parallel_size(mesh: Mesh) -> int:
+  """How many ways the batch is split (data x fsdp)."""
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 

@@ -86,11 +86,13 @@ class PreemptionGuard:
     self.requested = True
 
   def should_stop(self, step: int, manager: Any) -> bool:
+    """Whether to checkpoint now and stop (every process agrees on the step)."""
     if jax.process_count() > 1:
       return manager.reached_preemption(step)
     return self.requested
 
   def close(self) -> None:
+    """Restores the previous SIGTERM handler."""
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
