@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rar_jax import sweeps
+from rar_jax import sweep_results, sweeps
 from rar_jax.sweeps import Hyper
 
 ROOT = sweeps.REPO_ROOT
@@ -153,11 +153,11 @@ def test_collect_writes_md_csv_png(tmp_path, with_manifest):
   _fake_run(tmp_path / runs[1].name, [3.0, 2.5, 2.25], [0.1, 0.15, 0.125])
   if with_manifest:  # the third run never started: an empty row
     sweeps.write_manifest(str(tmp_path), "configs/digits_sweep.py", runs, "local")
-  results = sweeps.collect(str(tmp_path))
+  results = sweep_results.collect(str(tmp_path))
   assert [r.name for r in results] == [r.name for r in runs[: 3 if with_manifest else 2]]
   assert results[0].steps == [10, 20, 30] and results[0].losses == [3.0, 2.0, 1.5]
 
-  paths = sweeps.write_results(str(tmp_path), results)
+  paths = sweep_results.write_results(str(tmp_path), results)
   with open(paths["results.csv"]) as f:
     rows = list(csv.DictReader(f))
   assert rows[0]["schedule"] == "0.0/0.0" and rows[1]["schedule"] == "1.0/1.0"
