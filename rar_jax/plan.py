@@ -127,7 +127,6 @@ if __name__ == "__main__":
     _simulate_host_devices(_count)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -166,14 +165,6 @@ class Analysis:
     return m["argument"] + m["output"] - m["alias"] + m["temp"] + m["generated_code"]
 
 
-def _batch_spec(mesh: jax.sharding.Mesh, batch: int, seq_len: int) -> dict[str, Any]:
-  sh = sharding.batch_sharding(mesh)
-  return {
-    "tokens": jax.ShapeDtypeStruct((batch, seq_len), jnp.int32, sharding=sh),
-    "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sh),
-  }
-
-
 def _compile(config: Any, plan: train.Plan, cfg: ModelConfig) -> tuple[Any, Any, float, float]:
   """Lowers and compiles the train step of model `cfg` on abstract inputs.
 
@@ -183,15 +174,10 @@ def _compile(config: Any, plan: train.Plan, cfg: ModelConfig) -> tuple[Any, Any,
   tx, schedule = optim.make_optimizer(config.optim, cfg, plan.total_steps)
   abstract = train_state.abstract_state(cfg, tx, plan.mesh, rules)
   sc = train_step.StepConfig(cfg, *plan.anneal, config.randomness.label_dropout)
-  state_sh = jax.tree.map(lambda a: a.sharding, abstract)
-  step_fn = train_step.jit_train_step(sc, tx, schedule, plan.mesh, state_sh, rules)
-  batch = _batch_spec(plan.mesh, plan.global_batch, cfg.seq_len)
-  with sharding.activate(plan.mesh, rules):
-    start = time.perf_counter()
-    lowered = step_fn.lower(abstract, batch)
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-  return compiled, abstract, lowered_at - start, time.perf_counter() - lowered_at
+  compiled, lower_s, compile_s = train_step.compile_train_step(
+    sc, tx, schedule, plan.mesh, abstract, plan.global_batch, rules
+  )
+  return compiled, abstract, lower_s, compile_s
 
 
 def _flops(compiled: Any) -> float:
