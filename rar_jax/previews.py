@@ -68,6 +68,8 @@ class Previews:
       try:
         self.tokenizer = tokenizers.build(config.tokenizer, config.image_size)
       except FileNotFoundError as err:
+        if jax.process_count() > 1:  # hosts must agree, or the collective sampling would hang
+          raise
         logging.warning("Sample previews are off: %s", err)
 
   def images(self, params: Any, class_ids: np.ndarray, seed: int) -> np.ndarray:

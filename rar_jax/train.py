@@ -57,6 +57,11 @@ def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
     raise ValueError(f"eval.grid_every must be >= 0 (0 = off), got {config.eval.grid_every}")
   anneal = randomization.anneal_steps(config.randomness, total)
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.dcn_data, devices)
+  if jax.process_count() > 1 and mesh.shape["tensor"] > jax.local_device_count():
+    raise ValueError(
+      f"mesh tensor axis {mesh.shape['tensor']} spans hosts ({jax.local_device_count()} devices "
+      "each): each host feeds its own batch rows, so keep mesh.shape[2] within a host"
+    )
   dp = sharding.data_parallel_size(mesh)
   batch = config.train.global_batch
   if batch <= 0 or batch % dp:
