@@ -12,6 +12,8 @@
 # runs nothing. `bash launch/gpu.sh --help` lists the commands and settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=launch/common.sh
+source launch/common.sh
 root=$(pwd)
 
 # XLA flags of the training job (JAX's and NVIDIA's GPU performance guides: overlap and combine
@@ -57,39 +59,6 @@ settings (flag or environment variable; a flag wins)
   XLA_FLAGS           replaces the script's XLA flags ("" for none)
   RAR_VENV            virtual environment (default .venv); RAR_PYTHON overrides its python
 EOF
-}
-
-die() {
-  echo "gpu.sh: $*" >&2
-  exit 2
-}
-
-# q WORD...: the words as one shell-quoted line (single quotes only where needed).
-q() {
-  local out="" word rest esc
-  for word in "$@"; do
-    if [[ -n $word && $word =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
-      out="$out $word"
-    else
-      rest=$word esc=""
-      while [[ $rest == *\'* ]]; do
-        esc="$esc${rest%%\'*}'\\''"
-        rest=${rest#*\'}
-      done
-      out="$out '$esc$rest'"
-    fi
-  done
-  printf '%s\n' "${out# }"
-}
-
-# run CMD...: print it (dry run) or echo it to stderr and run it.
-run() {
-  if [[ $DRY_RUN == 1 ]]; then
-    q "$@"
-  else
-    echo "+ $(q "$@")" >&2
-    "$@"
-  fi
 }
 
 flag_of() {

