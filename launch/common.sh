@@ -34,3 +34,12 @@ run() {
     "$@"
   fi
 }
+
+# need VAR...: exit with a message naming the first unset setting (each script defines
+# flag_of VAR, the flag that sets it).
+need() {
+  local name
+  for name in "$@"; do
+    [[ -n ${!name:-} ]] || die "$name is not set (export $name=... or pass $(flag_of "$name"))"
+  done
+}

@@ -86,14 +86,6 @@ flag_of() {
   esac
 }
 
-# need VAR...: exit with a message naming the first unset setting.
-need() {
-  local name
-  for name in "$@"; do
-    [[ -n ${!name:-} ]] || die "$name is not set (export $name=... or pass $(flag_of "$name"))"
-  done
-}
-
 # Settings: environment first, flags below override.
 PROJECT="${PROJECT:-}"
 ZONE="${ZONE:-}"
