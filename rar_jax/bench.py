@@ -21,7 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from rar_jax import metrics, optim, presets, sampling, sharding, train_state, train_step
+from rar_jax import (
+  host_memory,
+  metrics,
+  optim,
+  presets,
+  sampling,
+  sharding,
+  train_state,
+  train_step,
+)
 
 OPTIM = dict(
   lr=1e-4,
@@ -152,6 +161,7 @@ def _cli() -> None:
   f = flags.FLAGS
 
   def main(argv: list[str]) -> None:
+    host_memory.retain_freed_memory()  # before JAX starts its threads
     if len(argv) != 2 or argv[1] not in ("train", "sample"):
       raise app.UsageError("usage: python -m rar_jax.bench train|sample [flags]")
     mode = argv[1]

@@ -17,6 +17,8 @@ import os
 
 from absl import app, flags
 
+from rar_jax import host_memory
+
 
 def check_inputs(samples: str, reference: str, inception_weights: str) -> None:
   """Raises FileNotFoundError naming every missing input (flag and path)."""
@@ -61,6 +63,7 @@ def _cli() -> None:
   flags.mark_flags_as_required(["samples", "reference", "inception_weights"])
 
   def main(argv: list[str]) -> None:
+    host_memory.retain_freed_memory()  # before JAX starts its threads
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rar_jax import attention, dropout
 from rar_jax.presets import ModelConfig
 
 LN_EPS = 1e-6
@@ -88,32 +89,8 @@ def modulate(x: Array, shift: Array, scale: Array) -> Array:
   return x * (1 + scale) + shift
 
 
-def _mix32(x: Array) -> Array:
-  """The murmur3 finaliser: a bijection of uint32 that spreads every input bit."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x85EBCA6B)
-  x = x ^ (x >> 13)
-  x = x * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
-
-
-def hashed_bits(key: Array, shape: tuple[int, ...]) -> Array:
-  """uint32 random bits of `shape`: a hash of each element's global index under two seeds from
-  `key`. Element i depends only on (key, i), so any sharding gives the same bits, at a few
-  integer ops per element instead of threefry's ~80."""
-  seeds = jax.random.bits(key, (2,), jnp.uint32)
-  inner = jnp.zeros(shape, jnp.uint32)  # index within a sample (the leading axis mixed apart,
-  stride = 1  # so no index wraps around 2^32 at any batch size)
-  for axis in reversed(range(1, len(shape))):
-    inner = inner + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-    stride *= shape[axis]
-  lead = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
-  return _mix32(_mix32(inner + seeds[0]) ^ _mix32(lead + seeds[1]))
-
-
 class Dropout(nn.Module):
-  """Inverted dropout whose mask comes from `hashed_bits` (the RNG is most of the cost of
-  dropout on CPU otherwise)."""
+  """Inverted dropout with hash-based masks (`rar_jax.dropout`)."""
 
   rate: float
   deterministic: bool
@@ -122,8 +99,7 @@ class Dropout(nn.Module):
   def __call__(self, x: Array) -> Array:
     if self.deterministic or self.rate == 0.0:
       return x
-    keep = hashed_bits(self.make_rng("dropout"), x.shape) >= jnp.uint32(round(self.rate * 2**32))
-    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+    return dropout.drop(x, dropout.seeds_from_key(self.make_rng("dropout")), self.rate)
 
 
 class AdaLNModulation(nn.Module):
@@ -170,7 +146,7 @@ class Attention(nn.Module):
 
     t = x.shape[1]
     q_pos = start + jnp.arange(t)  # [T]
-    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, H, T, K]
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # [B, H, T, K]
     if cache is None:
       k_pos = q_pos
       new_cache = None
@@ -181,13 +157,10 @@ class Attention(nn.Module):
       k, v = k_all.astype(dtype), v_all.astype(dtype)  # [B, H, S, K]
       k_pos = jnp.arange(k.shape[2])
     mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
-
-    logits = jnp.einsum("bthk,bhsk->bhts", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (cfg.head_dim**-0.5)
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)  # [B, H, T, S] fp32
-    probs = Dropout(cfg.attn_dropout, self.deterministic)(probs)
-    out = jnp.einsum("bhts,bhsk->bthk", probs.astype(dtype), v)  # [B, T, H, K]
+    rate = 0.0 if self.deterministic else cfg.attn_dropout
+    seeds = dropout.seeds_from_key(self.make_rng("dropout")) if rate > 0 else None
+    out = attention.attention(q, k, v, mask, seeds, cfg.head_dim**-0.5, rate)  # [B, H, T, K]
+    out = jnp.swapaxes(out, 1, 2)  # [B, T, H, K]
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
     out = Linear((cfg.width,), ("heads", "head_dim", "embed"), dtype, num_in=2, name="proj")(
       out

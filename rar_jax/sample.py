@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import distributed, export, previews, sampling, sharding, tokenizers
+from rar_jax import distributed, export, host_memory, previews, sampling, sharding, tokenizers
 
 SAMPLES_FILE = "samples.npz"
 
@@ -120,6 +120,7 @@ def _cli() -> None:
   flags.register_validator("batch_size", lambda v: v > 0, "--batch_size must be positive")
 
   def main(argv: list[str]) -> None:
+    host_memory.retain_freed_memory()  # before JAX starts its threads
     del argv
     distributed.initialize()
     exp = export.load(export_dir.value)

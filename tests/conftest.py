@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from rar_jax import host_memory  # noqa: E402  (imports nothing heavy)
+
+host_memory.retain_freed_memory()  # as the entry points do, before JAX starts threads
+
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402

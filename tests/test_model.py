@@ -233,12 +233,12 @@ def test_scan_and_remat_variants_compute_the_same_gradients():
 
 
 def test_dropout_bits_are_uniform_independent_and_sharding_invariant():
-  from rar_jax import layers
+  from rar_jax import dropout
 
   shape = (8, 4, 64, 66)
-  a = np.asarray(layers.hashed_bits(jax.random.key(0), shape))
-  b = np.asarray(layers.hashed_bits(jax.random.key(1), shape))
-  np.testing.assert_array_equal(a, np.asarray(layers.hashed_bits(jax.random.key(0), shape)))
+  a = np.asarray(dropout.hashed_bits(jax.random.key(0), shape))
+  b = np.asarray(dropout.hashed_bits(jax.random.key(1), shape))
+  np.testing.assert_array_equal(a, np.asarray(dropout.hashed_bits(jax.random.key(0), shape)))
   drop_a, drop_b = a < 0.1 * 2**32, b < 0.1 * 2**32
   assert abs(drop_a.mean() - 0.1) < 0.003
   assert abs((drop_a & drop_b).mean() - 0.01) < 0.002  # independent across keys
@@ -246,5 +246,5 @@ def test_dropout_bits_are_uniform_independent_and_sharding_invariant():
   assert abs((a >> 16).mean() / 2**16 - 0.5) < 0.005
   mesh = sharding.make_mesh((2, 2, 2))
   out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), "tensor"))
-  sharded = jax.jit(lambda k: layers.hashed_bits(k, shape), out_shardings=out)(jax.random.key(0))
+  sharded = jax.jit(lambda k: dropout.hashed_bits(k, shape), out_shardings=out)(jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(sharded), a)
