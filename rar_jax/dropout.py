@@ -7,6 +7,8 @@ a few integer ops per element where threefry costs ~80, which is most of dropout
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -50,3 +52,25 @@ def drop(x: Array, seeds: Array | None, rate: float) -> Array:
     return x
   keep = bits_from_seeds(seeds, x.shape) >= jnp.uint32(round(rate * 2**32))
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def gelu_then_drop(h: Array, seeds: Array | None, rate: float) -> Array:
+  """drop(exact GELU(h)). Its backward keeps only h and recomputes the GELU derivative and the
+  mask (autodiff would store the GELU's intermediates and the mask as well)."""
+  return drop(jax.nn.gelu(h, approximate=False), seeds, rate)
+
+
+def _gelu_then_drop_fwd(h, seeds, rate):
+  return gelu_then_drop(h, seeds, rate), (h, seeds)
+
+
+def _gelu_then_drop_bwd(rate, residuals, dy):
+  h, seeds = residuals
+  x = h.astype(jnp.float32)
+  cdf = 0.5 * (1.0 + jax.lax.erf(x * (2.0**-0.5)))
+  pdf = jnp.exp(-0.5 * x * x) * (2.0 * jnp.pi) ** -0.5
+  return (drop(dy, seeds, rate) * (cdf + x * pdf).astype(dy.dtype), None)
+
+
+gelu_then_drop.defvjp(_gelu_then_drop_fwd, _gelu_then_drop_bwd)

@@ -180,9 +180,10 @@ class Mlp(nn.Module):
     cfg = self.cfg
     dtype = compute_dtype(cfg)
     h = Linear((cfg.mlp_dim,), ("embed", "mlp"), dtype, name="fc1")(x)  # [B, T, M]
-    h = nn.gelu(h, approximate=False)
     h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
-    h = Dropout(cfg.dropout, self.deterministic)(h)
+    rate = 0.0 if self.deterministic else cfg.dropout
+    seeds = dropout.seeds_from_key(self.make_rng("dropout")) if rate > 0 else None
+    h = dropout.gelu_then_drop(h, seeds, rate)
     h = Linear((cfg.width,), ("mlp", "embed"), dtype, name="fc2")(h)  # [B, T, D]
     return Dropout(cfg.dropout, self.deterministic)(h)
 
