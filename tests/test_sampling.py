@@ -134,3 +134,18 @@ def test_power_cosine_schedule():
   np.testing.assert_allclose(constant, 4.0, rtol=1e-6)  # 0^0 = 1, even at t = 0
   mid = sampling.guidance_schedule(sampling.SamplingConfig(5.0, 1.0), 128, 256)
   np.testing.assert_allclose(mid, 3.0, rtol=1e-6)  # cos(pi / 2) = 0 -> halfway
+
+
+def test_loop_keeps_the_cache_in_place_and_on_device(params, guided_sampler):
+  """The compiled decode loop: no host transfer, cache updates in place, no cache copies."""
+  b = 4
+  hlo = guided_sampler.lower(params, jnp.arange(b), jax.random.key(0)).compile().as_text()
+  assert " while(" in hlo  # the decode loop (a lax.scan) stays on the device
+  for host_op in ("infeed", "outfeed", " send(", " recv(", "callback"):
+    assert host_op not in hlo, host_op
+  rows = 2 * b  # conditional and null-class rows
+  cache = f"f32[{rows},{CFG.heads},{L + 1},{CFG.head_dim}]"
+  lines = hlo.splitlines()
+  assert any(cache in line and "dynamic-update-slice" in line for line in lines)
+  copies = [line for line in lines if f"= {cache}" in line and " copy(" in line]
+  assert not copies, copies
