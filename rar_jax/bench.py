@@ -11,6 +11,7 @@ so the figure is a ratio that holds on a noisy machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -44,15 +45,17 @@ OPTIM = dict(
 )
 
 
-def timed(fn: Callable[[], Any], steps: int, warmup: int) -> float:
-  """Median wall time of fn() (blocking on its result) after warm-up calls."""
+def timed(fn: Callable[[], Any], steps: int, warmup: int, profile_dir: str | None = None) -> float:
+  """Median wall time of fn() (blocking on its result) after warm-up calls; with profile_dir,
+  the timed calls are also traced there (`jax.profiler`; open with TensorBoard or Perfetto)."""
   for _ in range(warmup):
     jax.block_until_ready(fn())
   times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
+  with jax.profiler.trace(profile_dir) if profile_dir else contextlib.nullcontext():
+    for _ in range(steps):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times.append(time.perf_counter() - start)
   return float(np.median(times))
 
 
@@ -72,7 +75,9 @@ def peak_tflops(dtype: Any) -> tuple[float, str]:
   return (table, "chip table") if table else (float("nan"), "unknown chip")
 
 
-def bench_train(cfg: presets.ModelConfig, batch: int, steps: int, warmup: int) -> dict:
+def bench_train(
+  cfg: presets.ModelConfig, batch: int, steps: int, warmup: int, profile_dir: str | None = None
+) -> dict:
   """Compile time, median step time and model FLOPs of the real train step on all devices."""
   tx, schedule = optim.make_optimizer(OPTIM, cfg, 1000)
   mesh = sharding.make_mesh()
@@ -95,7 +100,7 @@ def bench_train(cfg: presets.ModelConfig, batch: int, steps: int, warmup: int) -
     holder[0], out = compiled(holder[0], data)
     return out
 
-  seconds = timed(run, steps, warmup)
+  seconds = timed(run, steps, warmup, profile_dir)
   flops = metrics.train_flops_per_sequence(cfg) * batch
   return {"compile_s": lower_s + compile_s, "step_s": seconds, "flops": flops}
 
@@ -108,7 +113,13 @@ def sample_flops(cfg: presets.ModelConfig, rows: int) -> float:
 
 
 def bench_sample(
-  cfg: presets.ModelConfig, batch: int, steps: int, warmup: int, guidance: float, decode: bool
+  cfg: presets.ModelConfig,
+  batch: int,
+  steps: int,
+  warmup: int,
+  guidance: float,
+  decode: bool,
+  profile_dir: str | None = None,
 ) -> dict:
   """Compile time, median time per sampled batch (optionally decoded) and model FLOPs."""
   settings = sampling.SamplingConfig(guidance_scale=guidance, guidance_power=1.5, temperature=1.0)
@@ -129,7 +140,7 @@ def bench_sample(
   start = time.perf_counter()
   jax.block_until_ready(run())
   compile_s = time.perf_counter() - start
-  seconds = timed(run, steps, warmup)
+  seconds = timed(run, steps, warmup, profile_dir)
   rows = 2 * batch if settings.guided else batch
   return {"compile_s": compile_s, "step_s": seconds, "flops": sample_flops(cfg, rows)}
 
@@ -158,6 +169,7 @@ def _cli() -> None:
   flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
   flags.DEFINE_float("guidance", 6.9, "Guidance scale (sample); 0 disables guidance.")
   flags.DEFINE_bool("decode", False, "Include VQGAN decoding (sample).")
+  flags.DEFINE_string("profile_dir", None, "Also write a jax.profiler trace of the timed calls.")
   f = flags.FLAGS
 
   def main(argv: list[str]) -> None:
@@ -177,9 +189,9 @@ def _cli() -> None:
       }
     )
     if mode == "train":
-      result = bench_train(cfg, f.batch, f.steps, f.warmup)
+      result = bench_train(cfg, f.batch, f.steps, f.warmup, f.profile_dir)
     else:
-      result = bench_sample(cfg, f.batch, f.steps, f.warmup, f.guidance, f.decode)
+      result = bench_sample(cfg, f.batch, f.steps, f.warmup, f.guidance, f.decode, f.profile_dir)
     peak, peak_source = peak_tflops(jnp.dtype(f.dtype))
     per_device = result["flops"] / result["step_s"] / jax.device_count() / 1e12
     print(
