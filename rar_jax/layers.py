@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rar_jax import attention, dropout
+from rar_jax import attention, dropout, normalization
 from rar_jax.presets import ModelConfig
 
 LN_EPS = 1e-6
@@ -47,19 +47,27 @@ def compute_dtype(cfg: ModelConfig) -> Any:
   return jnp.dtype(cfg.dtype)
 
 
+class LayerNorm(nn.Module):
+  """LayerNorm with eps 1e-6 and exact (two-pass) variance, as torch.nn.LayerNorm; parameters
+  "scale" and "bias" (Flax's names) when affine. Backward: `rar_jax.normalization`."""
+
+  dtype: Any
+  affine: bool = True
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    gamma = beta = None
+    if self.affine:
+      d = x.shape[-1]
+      gamma = self.param("scale", ones_init((self.axis_name,)), (d,), jnp.float32)
+      beta = self.param("bias", zeros_init((self.axis_name,)), (d,), jnp.float32)
+    return normalization.layer_norm(x.astype(self.dtype), gamma, beta, LN_EPS)
+
+
 def layer_norm(cfg: ModelConfig, name: str, affine: bool = True, axis_name: str = "norm"):
-  """LayerNorm with eps 1e-6 and exact (two-pass) variance, as torch.nn.LayerNorm."""
-  return nn.LayerNorm(
-    epsilon=LN_EPS,
-    use_bias=affine,
-    use_scale=affine,
-    use_fast_variance=False,
-    dtype=compute_dtype(cfg),
-    param_dtype=jnp.float32,
-    scale_init=ones_init((axis_name,)),
-    bias_init=zeros_init((axis_name,)),
-    name=name,
-  )
+  """The LayerNorm module of the generator, computing in the config's dtype."""
+  return LayerNorm(compute_dtype(cfg), affine, axis_name, name=name)
 
 
 class Linear(nn.Module):

@@ -1,4 +1,4 @@
-"""Hand-written backward passes (attention, GELU + dropout) equal autodiff of the same forward."""
+"""Hand-written backward passes (attention, GELU + dropout, LayerNorm) equal autodiff."""
 
 import jax
 import jax.numpy as jnp
@@ -56,3 +56,33 @@ def test_gelu_then_drop_gradient_matches_autodiff(rate):
 
   assert float(ours(h)) == pytest.approx(float(ref(h)), abs=1e-5)
   np.testing.assert_allclose(jax.grad(ours)(h), jax.grad(ref)(h), atol=2e-6)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_matches_flax_and_its_gradients(affine):
+  import flax.linen as nn
+
+  from rar_jax import normalization
+
+  x = 2.0 * jax.random.normal(jax.random.key(0), (4, 30, 64)) + 1.0
+  gamma = jax.random.normal(jax.random.key(1), (64,)) if affine else None
+  beta = jax.random.normal(jax.random.key(2), (64,)) if affine else None
+  weights = jax.random.normal(jax.random.key(3), x.shape)
+  flax_ln = nn.LayerNorm(1e-6, use_bias=affine, use_scale=affine, use_fast_variance=False)
+  variables = {"params": {"scale": gamma, "bias": beta}} if affine else {}
+
+  def ours(x, gamma, beta):
+    return jnp.sum(weights * normalization.layer_norm(x, gamma, beta, 1e-6))
+
+  def ref(x, gamma, beta):
+    params = {"params": {"scale": gamma, "bias": beta}} if affine else {}
+    return jnp.sum(weights * flax_ln.apply(params, x))
+
+  np.testing.assert_array_equal(
+    normalization.layer_norm(x, gamma, beta, 1e-6), flax_ln.apply(variables, x)
+  )
+  argnums = (0, 1, 2) if affine else (0,)
+  got = jax.grad(ours, argnums)(x, gamma, beta)
+  want = jax.grad(ref, argnums)(x, gamma, beta)
+  for name, a, r in zip(("x", "gamma", "beta"), got, want, strict=False):
+    np.testing.assert_allclose(a, r, atol=2e-5, rtol=1e-5, err_msg=f"d{name}")
