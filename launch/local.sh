@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local entry point (CPU laptop or a single GPU/TPU host). Installs what it needs on first use.
 #
-#   bash launch/local.sh train [--config.x=y ...]   # the embedded default: digits, ~5 min on 2 CPUs
+#   bash launch/local.sh train [--config.x=y ...]   # the embedded default: digits, ~3.5 min on 2 CPUs
 #   bash launch/local.sh test [pytest args ...]     # lint + the whole test suite
 #
 # RAR_VENV picks the virtual environment (default .venv); it is created when missing.
