@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from rar_jax import plan
+from rar_jax import chips, plan
 
 ARGV = [
   "plan",
@@ -32,14 +32,14 @@ ARGV = [
   ],
 )
 def test_parse_topology(topology, chip, chips):
-  parsed_chip, count = plan.parse_topology(topology)
+  parsed_chip, count = chips.parse_topology(topology)
   assert (parsed_chip.name, count) == (chip, chips)
 
 
 @pytest.mark.parametrize("bad", ["v5p-3", "v4-0", "tpu-8", "v5p", "v6e-x"])
 def test_parse_topology_rejects(bad):
   with pytest.raises(ValueError):
-    plan.parse_topology(bad)
+    chips.parse_topology(bad)
 
 
 def test_requested_devices_from_argv():
@@ -60,7 +60,7 @@ def test_plan_memory_flops_and_verdicts(planned):
   for line in ("Memory per device", "arguments (params + optimizer state", "temporaries", "FLOPs"):
     assert line in text
   # The same compile on the chip's real 16 GiB fits.
-  chip = plan.chip_by_name("v5e")
+  chip = chips.chip_by_name("v5e")
   fits = plan.estimate(analysis, chip, mfu=0.5)
   assert fits.fits and fits.verdict.startswith("FITS: needs 0.0")
   assert "FITS: needs" in plan.render(analysis, fits, chip)
