@@ -18,7 +18,7 @@ ARGV = [
 
 
 @pytest.mark.parametrize(
-  "topology, chip, chips",
+  "topology, chip, count",
   [
     ("v5p-64", "v5p", 32),
     ("v5p-128", "v5p", 64),
@@ -31,9 +31,9 @@ ARGV = [
     ("h200-8", "h200", 8),
   ],
 )
-def test_parse_topology(topology, chip, chips):
-  parsed_chip, count = chips.parse_topology(topology)
-  assert (parsed_chip.name, count) == (chip, chips)
+def test_parse_topology(topology, chip, count):
+  parsed_chip, parsed_count = chips.parse_topology(topology)
+  assert (parsed_chip.name, parsed_count) == (chip, count)
 
 
 @pytest.mark.parametrize("bad", ["v5p-3", "v4-0", "tpu-8", "v5p", "v6e-x"])
