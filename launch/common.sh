@@ -43,3 +43,16 @@ need() {
     [[ -n ${!name:-} ]] || die "$name is not set (export $name=... or pass $(flag_of "$name"))"
   done
 }
+
+# split_option ARG [NEXT]: sets opt, value and step (how many arguments the option takes up) from
+# "--opt=VALUE" (step 1) or "--opt VALUE" (step 2; value empty when there is no NEXT).
+# shellcheck disable=SC2034  # opt, value and step are read by the sourcing script
+split_option() {
+  value=""
+  if [[ $1 == --*=* ]]; then
+    opt=${1%%=*} value=${1#*=} step=1
+  else
+    opt=$1 step=2
+    if (($# >= 2)); then value=$2; fi
+  fi
+}

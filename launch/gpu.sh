@@ -94,14 +94,7 @@ python="${RAR_PYTHON:-$venv/bin/python}"
 command=""
 extra=() # flags for rar_jax.main, after --
 while (($#)); do
-  # --opt VALUE and --opt=VALUE
-  value=""
-  if [[ $1 == --*=* ]]; then
-    opt=${1%%=*} value=${1#*=} step=1
-  else
-    opt=$1 step=2
-    if (($# >= 2)); then value=$2; fi
-  fi
+  split_option "$@" # --opt VALUE and --opt=VALUE
   case "$opt" in
     --workdir | --config | --nodes | --gpus-per-node | --cpus-per-task | --partition | --account | \
       --time | --job-name | --coordinator | --num-processes | --process-id)

@@ -113,14 +113,7 @@ command=""
 args=()
 extra=() # flags for rar_jax.main, after --
 while (($#)); do
-  # --opt VALUE and --opt=VALUE
-  value=""
-  if [[ $1 == --*=* ]]; then
-    opt=${1%%=*} value=${1#*=} step=1
-  else
-    opt=$1 step=2
-    if (($# >= 2)); then value=$2; fi
-  fi
+  split_option "$@" # --opt VALUE and --opt=VALUE
   case "$opt" in
     --project | --zone | --name | --accelerator-type | --version | --node-count | --queued-id | \
       --repo-url | --ref | --tarball | --workdir | --config | --slice | --lines)
