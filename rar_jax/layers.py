@@ -97,6 +97,14 @@ def modulate(x: Array, shift: Array, scale: Array) -> Array:
   return x * (1 + scale) + shift
 
 
+def dropout_args(module: nn.Module, rate: float, deterministic: bool) -> tuple[Array | None, float]:
+  """(seeds, rate) for the `rar_jax.dropout` functions, drawing the seeds from the module's
+  "dropout" rng; (None, 0.0), drawing nothing, when deterministic or at rate 0."""
+  if deterministic or rate == 0.0:
+    return None, 0.0
+  return dropout.seeds_from_key(module.make_rng("dropout")), rate
+
+
 class Dropout(nn.Module):
   """Inverted dropout with hash-based masks (`rar_jax.dropout`)."""
 
@@ -105,9 +113,7 @@ class Dropout(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    if self.deterministic or self.rate == 0.0:
-      return x
-    return dropout.drop(x, dropout.seeds_from_key(self.make_rng("dropout")), self.rate)
+    return dropout.drop(x, *dropout_args(self, self.rate, self.deterministic))
 
 
 class AdaLNModulation(nn.Module):
@@ -165,8 +171,7 @@ class Attention(nn.Module):
       k, v = k_all.astype(dtype), v_all.astype(dtype)  # [B, H, S, K]
       k_pos = jnp.arange(k.shape[2])
     mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
-    rate = 0.0 if self.deterministic else cfg.attn_dropout
-    seeds = dropout.seeds_from_key(self.make_rng("dropout")) if rate > 0 else None
+    seeds, rate = dropout_args(self, cfg.attn_dropout, self.deterministic)
     out = attention.attention(q, k, v, mask, seeds, cfg.head_dim**-0.5, rate)  # [B, H, T, K]
     out = jnp.swapaxes(out, 1, 2)  # [B, T, H, K]
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
@@ -189,9 +194,7 @@ class Mlp(nn.Module):
     dtype = compute_dtype(cfg)
     h = Linear((cfg.mlp_dim,), ("embed", "mlp"), dtype, name="fc1")(x)  # [B, T, M]
     h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
-    rate = 0.0 if self.deterministic else cfg.dropout
-    seeds = dropout.seeds_from_key(self.make_rng("dropout")) if rate > 0 else None
-    h = dropout.gelu_then_drop(h, seeds, rate)
+    h = dropout.gelu_then_drop(h, *dropout_args(self, cfg.dropout, self.deterministic))
     h = Linear((cfg.width,), ("mlp", "embed"), dtype, name="fc2")(h)  # [B, T, D]
     return Dropout(cfg.dropout, self.deterministic)(h)
 
