@@ -34,8 +34,7 @@ def _apply(x: Array, mean: Array, rstd: Array, gamma: Array | None, beta: Array 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: Array, gamma: Array | None, beta: Array | None, eps: float) -> Array:
   """LayerNorm of x over its last axis with optional affine gamma/beta ([D]), in x's dtype."""
-  mean, rstd = _stats(x, eps)
-  return _apply(x, mean, rstd, gamma, beta).astype(x.dtype)
+  return _layer_norm_fwd(x, gamma, beta, eps)[0]
 
 
 def _layer_norm_fwd(x, gamma, beta, eps):
