@@ -25,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"  # compute dtype; parameters, logits and loss stay float32
   c.model.scan_layers = True
   c.model.remat_policy = "none"  # none | full | dots | dots_no_batch
+  c.model.attention_blocks = 4  # query blocks of the causal attention (1: full [T, T] square)
 
   # r = 1 until the anneal start, linear to 0 at its end, as fractions of train.steps (the
   # official 125k and 187.5k of 250k). anneal_*_steps, when set, pins an end in steps instead.

@@ -165,6 +165,7 @@ def _cli() -> None:
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
   flags.DEFINE_string("remat", "none", "Remat policy (train).")
   flags.DEFINE_bool("scan", True, "Scan over layers (False: unrolled).")
+  flags.DEFINE_integer("attention_blocks", 4, "Query blocks of the causal attention.")
   flags.DEFINE_integer("steps", 10, "Timed calls.")
   flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
   flags.DEFINE_float("guidance", 6.9, "Guidance scale (sample); 0 disables guidance.")
@@ -186,6 +187,7 @@ def _cli() -> None:
         "dtype": f.dtype,
         "remat_policy": f.remat,
         "scan_layers": f.scan,
+        "attention_blocks": f.attention_blocks,
       }
     )
     if mode == "train":
@@ -210,6 +212,7 @@ def _cli() -> None:
           "dtype": f.dtype,
           "remat": cfg.remat_policy,
           "scan": cfg.scan_layers,
+          "attention_blocks": cfg.attention_blocks,
           "compile_s": round(result["compile_s"], 3),
           "step_s": round(result["step_s"], 5),
           "images_per_s": round(f.batch / result["step_s"], 3),

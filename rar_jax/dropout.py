@@ -29,14 +29,26 @@ def _mix32(x: Array) -> Array:
   return x ^ (x >> 16)
 
 
-def bits_from_seeds(seeds: Array, shape: tuple[int, ...]) -> Array:
-  """uint32 bits of `shape`: a hash of each element's global index under `seeds` (uint32[2])."""
+def bits_from_seeds(
+  seeds: Array,
+  shape: tuple[int, ...],
+  full_shape: tuple[int, ...] | None = None,
+  start: tuple[int, ...] | None = None,
+) -> Array:
+  """uint32 bits of `shape`: a hash of each element's global index under `seeds` (uint32[2]).
+
+  With `full_shape` and `start`, the bits are those of the block of a `full_shape` array that
+  begins at `start` (so a computation split into blocks draws the same mask as a whole one).
+  """
+  full_shape = shape if full_shape is None else full_shape
+  start = (0,) * len(shape) if start is None else start
   inner = jnp.zeros(shape, jnp.uint32)  # index within a sample (the leading axis mixed apart,
   stride = 1  # so no index wraps around 2^32 at any batch size)
   for axis in reversed(range(1, len(shape))):
-    inner = inner + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-    stride *= shape[axis]
-  lead = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
+    index = jax.lax.broadcasted_iota(jnp.uint32, shape, axis) + jnp.uint32(start[axis])
+    inner = inner + index * jnp.uint32(stride)
+    stride *= full_shape[axis]
+  lead = jax.lax.broadcasted_iota(jnp.uint32, shape, 0) + jnp.uint32(start[0])
   return _mix32(_mix32(inner + seeds[0]) ^ _mix32(lead + seeds[1]))
 
 
@@ -45,12 +57,20 @@ def hashed_bits(key: Array, shape: tuple[int, ...]) -> Array:
   return bits_from_seeds(seeds_from_key(key), shape)
 
 
-def drop(x: Array, seeds: Array | None, rate: float) -> Array:
+def drop(
+  x: Array,
+  seeds: Array | None,
+  rate: float,
+  full_shape: tuple[int, ...] | None = None,
+  start: tuple[int, ...] | None = None,
+) -> Array:
   """Inverted dropout of x: zero with probability `rate`, else x / (1 - rate). A no-op without
-  seeds or at rate 0."""
+  seeds or at rate 0. `full_shape`, `start`: x is that block of a larger array (the mask is
+  the larger array's)."""
   if seeds is None or rate == 0.0:
     return x
-  keep = bits_from_seeds(seeds, x.shape) >= jnp.uint32(round(rate * 2**32))
+  bits = bits_from_seeds(seeds, x.shape, full_shape, start)
+  keep = bits >= jnp.uint32(round(rate * 2**32))
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 

@@ -161,9 +161,11 @@ class Attention(nn.Module):
     t = x.shape[1]
     q_pos = start + jnp.arange(t)  # [T]
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # [B, H, T, K]
+    blocks = 1
     if cache is None:
       k_pos = q_pos
       new_cache = None
+      blocks = cfg.attention_blocks
     else:
       k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), start, 2)
       v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), start, 2)
@@ -172,7 +174,8 @@ class Attention(nn.Module):
       k_pos = jnp.arange(k.shape[2])
     mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
     seeds, rate = dropout_args(self, cfg.attn_dropout, self.deterministic)
-    out = attention.attention(q, k, v, mask, seeds, cfg.head_dim**-0.5, rate)  # [B, H, T, K]
+    out = attention.attention(q, k, v, mask, seeds, cfg.head_dim**-0.5, rate, blocks)
+    # out: [B, H, T, K]
     out = jnp.swapaxes(out, 1, 2)  # [B, T, H, K]
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
     out = Linear((cfg.width,), ("heads", "head_dim", "embed"), dtype, num_in=2, name="proj")(

@@ -44,6 +44,9 @@ class ModelConfig:
   dtype: str = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
+  # Query blocks of the causal training attention (`rar_jax.attention`): 4 skips ~3/8 of the
+  # [T, T] logit work; 1 computes the full square. The result is the same either way.
+  attention_blocks: int = 4
 
   @property
   def head_dim(self) -> int:
@@ -71,7 +74,8 @@ class ModelConfig:
 
   def validate(self) -> ModelConfig:
     """Raises ValueError naming the offending key when the config cannot build a model."""
-    for key in ("width", "depth", "heads", "mlp_dim", "seq_len", "codebook_size", "num_classes"):
+    positive = ("width", "depth", "heads", "mlp_dim", "seq_len", "codebook_size", "num_classes")
+    for key in (*positive, "attention_blocks"):
       value = getattr(self, key)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(f"model.{key} must be a positive integer, got {value!r}")

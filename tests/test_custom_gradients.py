@@ -9,7 +9,7 @@ from rar_jax import attention, dropout
 
 
 def _autodiff_attention(q, k, v, mask, seeds, scale, rate):
-  return attention._forward(q, k, v, mask, seeds, scale, rate)[0]
+  return attention._forward(q, k, v, mask, seeds, scale, rate, 1)[0]
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3])
@@ -32,6 +32,27 @@ def test_gradients_match_autodiff(rate, queries, keys):
   assert float(ours[0]) == pytest.approx(float(ref[0]), abs=1e-5)  # the same forward
   for name, a, r in zip("qkv", ours[1], ref[1], strict=True):
     np.testing.assert_allclose(a, r, atol=2e-6, rtol=1e-5, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("blocks", [2, 4])
+def test_query_blocks_give_the_unsplit_result(blocks):
+  """Blocked causal attention: same output, gradients and dropout mask as the full square."""
+  b, h, t, d = 2, 3, 37, 8
+  kq, kk, kv, kw = jax.random.split(jax.random.key(0), 4)
+  q, k, v = (jax.random.normal(key, (b, h, t, d)) for key in (kq, kk, kv))
+  weights = jax.random.normal(kw, (b, h, t, d))
+  mask = jnp.tril(jnp.ones((t, t), bool))
+  seeds = dropout.seeds_from_key(jax.random.key(1))
+  assert attention.query_blocks(t, blocks)[-1][1] == t
+
+  def loss(n, q, k, v):
+    return jnp.sum(weights * attention.attention(q, k, v, mask, seeds, d**-0.5, 0.3, n))
+
+  blocked = jax.value_and_grad(lambda *a: loss(blocks, *a), (0, 1, 2))(q, k, v)
+  full = jax.value_and_grad(lambda *a: loss(1, *a), (0, 1, 2))(q, k, v)
+  assert float(blocked[0]) == pytest.approx(float(full[0]), abs=1e-4)
+  for name, a, r in zip("qkv", blocked[1], full[1], strict=True):
+    np.testing.assert_allclose(a, r, atol=2e-5, rtol=1e-5, err_msg=f"d{name}")
 
 
 def test_dropout_drops_the_stated_fraction_and_rescales():
