@@ -8,6 +8,7 @@ blocks and the final layer receive silu(c), which the model computes once.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -88,8 +89,30 @@ class Linear(nn.Module):
     kernel = self.param("kernel", init(self.kernel_axes), (*in_shape, *self.features), jnp.float32)
     bias_axes = self.kernel_axes[self.num_in :]
     bias = self.param("bias", zeros_init(bias_axes), self.features, jnp.float32)
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.num_in)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    in_axes, out_axes = self.kernel_axes[: self.num_in], self.kernel_axes[self.num_in :]
+    if _mergeable(in_axes) and _mergeable(out_axes):
+      # One [N, in] x [in, out] matmul: XLA:CPU runs the flat form and its gradients about
+      # 10% faster per train step than the N-d contraction (benchmarked in README).
+      n_in, n_out = math.prod(in_shape), math.prod(self.features)
+      lead = x.shape[: x.ndim - self.num_in]
+      y = (x.reshape(-1, n_in) @ kernel.reshape(n_in, n_out)).reshape(*lead, *self.features)
+    else:
+      y = jnp.tensordot(x, kernel, axes=self.num_in)
     return y + bias.astype(self.dtype)
+
+
+def _mergeable(axes: tuple[str | None, ...]) -> bool:
+  """Whether kernel axes with these logical names can be merged into one without resharding:
+  under the active mesh and rules, no axis after the first is split over more than 1 device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if len(axes) < 2 or mesh.empty:
+    return True
+  for entry in nn.logical_to_mesh_axes(axes)[1:]:
+    names = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+    if math.prod(mesh.shape[name] for name in names) > 1:
+      return False
+  return True
 
 
 def modulate(x: Array, shift: Array, scale: Array) -> Array:
@@ -133,7 +156,9 @@ class AdaLNModulation(nn.Module):
       zero_init=True,
       name="linear",
     )(c)  # [B, T, n, D]
-    return [mod[..., i, :] for i in range(self.num_chunks)]
+    # split, not n slices: its gradient is one concatenate instead of a sum of n padded arrays
+    chunks = jax.lax.split(mod, [1] * self.num_chunks, axis=mod.ndim - 2)
+    return [chunk[..., 0, :] for chunk in chunks]
 
 
 class Attention(nn.Module):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rar_jax import convert, losses, model, presets, randomization, sharding
+from rar_jax import convert, layers, losses, model, presets, randomization, sharding
 from tests.official_reference import official_forward
 
 
@@ -248,3 +248,30 @@ def test_dropout_bits_are_uniform_independent_and_sharding_invariant():
   out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), "tensor"))
   sharded = jax.jit(lambda k: dropout.hashed_bits(k, shape), out_shardings=out)(jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(sharded), a)
+
+
+def test_linear_merges_kernel_axes_only_where_the_sharding_allows():
+  """The flat [N, in] x [in, out] form is used unless merging would split a sharded axis; both
+  forms give the same result."""
+  with sharding.activate(sharding.make_mesh((4, 1, 2))):
+    assert layers._mergeable(("heads", "head_dim"))  # tensor-sharded axis leads the group
+    assert not layers._mergeable(("qkv", "heads", "head_dim"))
+    assert not layers._mergeable(("modulation", "mod_embed"))
+  with sharding.activate(sharding.make_mesh((4, 2, 1))):
+    assert layers._mergeable(("qkv", "heads", "head_dim"))
+
+  linear = layers.Linear((3, 2, 4), ("embed", "qkv", "heads", "head_dim"), jnp.float32)
+  x = jax.random.normal(jax.random.key(0), (4, 5, 6))
+  params = nn.unbox(linear.init(jax.random.key(1), x))
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+  outputs = []
+  for shape in ((8, 1, 1), (4, 1, 2)):
+    with sharding.activate(sharding.make_mesh(shape)):
+      outputs.append(np.asarray(jax.jit(linear.apply)(params, x)))
+  np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    outputs[0],
+    np.einsum("btd,dqhk->btqhk", x, params["params"]["kernel"]) + params["params"]["bias"],
+    rtol=1e-5,
+    atol=1e-5,
+  )
