@@ -18,6 +18,8 @@ FIELDS = {
   "mlp_dim",
   "batch",
   "dtype",
+  "scan",
+  "attention_blocks",
   "compile_s",
   "step_s",
   "images_per_s",
@@ -32,6 +34,7 @@ FIELDS = {
 def test_bench_prints_one_json_line(mode, tmp_path):
   trace = tmp_path / "trace"
   args = [sys.executable, "-m", "rar_jax.bench", mode, *SIZES, "--steps=2", "--warmup=1"]
+  args += ["--noscan", "--attention_blocks=2"]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   out = subprocess.run(
     [*args, f"--profile_dir={trace}"], capture_output=True, text=True, check=True, env=env
@@ -41,6 +44,7 @@ def test_bench_prints_one_json_line(mode, tmp_path):
   result = json.loads(lines[0])
   assert FIELDS <= result.keys()
   assert result["mode"] == mode and result["backend"] == "cpu" and result["width"] == 32
+  assert result["scan"] is False and result["attention_blocks"] == 2
   assert result["step_s"] > 0 and 0 < result["fraction_of_peak"] < 1.5
   assert result["images_per_s"] == pytest.approx(2 / result["step_s"], rel=1e-2)
   assert list(trace.rglob("*.xplane.pb")), "no profiler trace written"
