@@ -125,6 +125,8 @@ def test_explicit_sizes_override_variant_and_bad_configs():
     presets.resolve({"width": 32, "heads": 4, "mlp_dim": 8})
   with pytest.raises(ValueError, match="unknown model config key model.wdth"):
     presets.resolve({"variant": "B", "wdth": 3})
+  with pytest.raises(ValueError, match="model.attention_blocks must be a positive integer"):
+    presets.resolve({"variant": "B", "attention_blocks": 0})
 
 
 def test_causality_and_order_travel_together():
