@@ -48,7 +48,7 @@ from ml_collections import config_flags
 from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import augment, distributed, records, tokenizers, vqgan
+from rar_jax import atomic_files, augment, distributed, records, tokenizers, vqgan
 from rar_jax.pixel_tokenizer import PixelTokenizer
 
 SOURCES = ("imagenet_tfds", "image_folder", "jsonl", "digits")
@@ -347,12 +347,9 @@ def _check_plan(output_dir: str, plan: dict) -> bool:
   return True
 
 
-def _write_plan(output_dir: str, plan: dict, process_index: int) -> None:
+def _write_plan(output_dir: str, plan: dict) -> None:
   path = os.path.join(output_dir, PLAN_FILENAME)
-  tmp = f"{path}.{process_index}{records.TMP_SUFFIX}"
-  with open(tmp, "w") as f:
-    json.dump(plan, f, indent=2)
-  os.replace(tmp, path)
+  atomic_files.write_text(path, json.dumps(plan, indent=2))
 
 
 def _prepare(config: ml_collections.ConfigDict, tokenizer: Any, pool) -> tuple:
@@ -422,7 +419,7 @@ def run(
     source, name, spec, crops, write = _prepare(config, tokenizer, pool)
     os.makedirs(output_dir, exist_ok=True)
     if not has_plan:
-      _write_plan(output_dir, plan, index)
+      _write_plan(output_dir, plan)
     shards = shard_ranges(len(source), config.records_per_shard)
     names = [records.shard_filename(config.split, s % count, s) for s in range(len(shards))]
     paths = [os.path.join(output_dir, n) for n in names]

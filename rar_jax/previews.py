@@ -12,12 +12,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers
-from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from PIL import Image
 
-from rar_jax import sampling, sharding, tokenizers
+from rar_jax import atomic_files, sampling, sharding, tokenizers
 from rar_jax.presets import ModelConfig
 
 SCORE_FILE = "sample_score.json"
@@ -101,13 +100,13 @@ class Previews:
     images = self.images(params, classes, seed=1 << 30)
     grid = image_grid(images, per_class)
     if jax.process_index() == 0:
-      with epath.Path(os.path.join(workdir, GRID_FILE)).open("wb") as f:
+      with atomic_files.open_for_write(os.path.join(workdir, GRID_FILE)) as f:
         Image.fromarray(grid).save(f, format="PNG")
     if not self.config.eval.score:
       return None
     result = score(self.config.eval.score, images, classes)
     if jax.process_index() == 0:
-      epath.Path(os.path.join(workdir, SCORE_FILE)).write_text(json.dumps(result, indent=2))
+      atomic_files.write_text(os.path.join(workdir, SCORE_FILE), json.dumps(result, indent=2))
     return result
 
 

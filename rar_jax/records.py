@@ -26,6 +26,8 @@ import grain
 import numpy as np
 from array_record.python import array_record_module
 
+from rar_jax import atomic_files
+
 RECORD_FORMAT = "rar_jax.tokens_u16le+label_u16le.v1"
 METADATA_FILENAME = "metadata.json"
 SHARD_SUFFIX = ".array_record"
@@ -239,9 +241,7 @@ def _shard_info(index: int, raw: Any) -> ShardInfo:
 def write_metadata(data_dir: PathLike, meta: DatasetMetadata) -> str:
   """Writes `<data_dir>/metadata.json` atomically; returns its path."""
   path = os.path.join(data_dir, METADATA_FILENAME)
-  with open(path + TMP_SUFFIX, "w") as f:
-    f.write(meta.to_json())
-  os.replace(path + TMP_SUFFIX, path)
+  atomic_files.write_text(path, meta.to_json())
   return path
 
 

@@ -25,7 +25,16 @@ from jax.experimental import multihost_utils
 from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import distributed, export, host_memory, previews, sampling, sharding, tokenizers
+from rar_jax import (
+  atomic_files,
+  distributed,
+  export,
+  host_memory,
+  previews,
+  sampling,
+  sharding,
+  tokenizers,
+)
 
 SAMPLES_FILE = "samples.npz"
 
@@ -42,9 +51,7 @@ def _chunk_path(out: epath.Path, chunk: int, host: int) -> epath.Path:
 def _write_npz(path: epath.Path, **arrays: np.ndarray) -> None:
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  tmp = path.parent / f".{path.name}.tmp"
-  tmp.write_bytes(buffer.getvalue())
-  tmp.rename(path)
+  atomic_files.write_bytes(path, buffer.getvalue())
 
 
 def generate(

@@ -15,13 +15,14 @@ import collections
 import os
 import pathlib
 import pickle
-import uuid
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from rar_jax import atomic_files
 
 _STORAGE_DTYPES = {
   "DoubleStorage": np.dtype(np.float64),
@@ -241,15 +242,8 @@ def save_state_dict(
       return torch.from_numpy(a)
 
     write = lambda f: torch.save({k: to_torch(a) for k, a in arrays.items()}, f)
-  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-  try:
-    with open(tmp, "xb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
+  with atomic_files.open_for_write(path) as f:
+    write(f)
 
 
 def check_state_dict(
