@@ -46,6 +46,8 @@ def _ends(q: Array, k: Array, blocks: int) -> list[tuple[int, int, int]]:
   t, s = q.shape[2], k.shape[2]
   if blocks <= 1:
     return [(0, t, s)]
+  if s != t:
+    raise ValueError(f"query blocks need causal self-attention (T == S), got T={t}, S={s}")
   return [(a, b, b) for a, b in query_blocks(t, blocks)]
 
 

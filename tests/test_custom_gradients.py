@@ -44,6 +44,8 @@ def test_query_blocks_give_the_unsplit_result(blocks):
   mask = jnp.tril(jnp.ones((t, t), bool))
   seeds = dropout.seeds_from_key(jax.random.key(1))
   assert attention.query_blocks(t, blocks)[-1][1] == t
+  with pytest.raises(ValueError, match="T == S"):
+    attention.attention(q[:, :, :5], k, v, mask[:5], seeds, d**-0.5, 0.3, blocks)
 
   def loss(n, q, k, v):
     return jnp.sum(weights * attention.attention(q, k, v, mask, seeds, d**-0.5, 0.3, n))
