@@ -1,20 +1,22 @@
-"""Pre-tokenization configs: `python -m rar_jax.pretokenize --config=configs/pretokenize.py:<arg>`.
+"""Pre-tokenization configs:
+`python -m rar_jax.data.pretokenize --config=configs/pretokenize.py:<arg>`.
 
 The argument picks the source (default imagenet_tfds); every key can be overridden:
 
   # ImageNet prepared with TFDS (array_record), ten crops per image (the final models' data):
-  python -m rar_jax.pretokenize --config=configs/pretokenize.py:imagenet_tfds \
+  python -m rar_jax.data.pretokenize --config=configs/pretokenize.py:imagenet_tfds \
     --config.data_dir=/data/tfds \
     --config.tokenizer.weights=/ckpt/maskgit-vqgan-imagenet-f16-256.bin --output_dir=/data/in1k
   # ILSVRC2012 train folder, center crop + flip (the ablations' data):
-  python -m rar_jax.pretokenize --config=configs/pretokenize.py:image_folder \
+  python -m rar_jax.data.pretokenize --config=configs/pretokenize.py:image_folder \
     --config.path=/data/ILSVRC2012/train --config.augmentation=center_crop_flip \
     --config.tokenizer.weights=/ckpt/maskgit-vqgan-imagenet-f16-256.bin --output_dir=/data/in1k_cf
   # The released maskgitvq.jsonl (already tokens; ten crops):
-  python -m rar_jax.pretokenize --config=configs/pretokenize.py:jsonl \
+  python -m rar_jax.data.pretokenize --config=configs/pretokenize.py:jsonl \
     --config.path=/data/maskgitvq.jsonl --output_dir=/data/in1k_official
   # scikit-learn digits, PixelTokenizer (what the training job's embedded default uses):
-  python -m rar_jax.pretokenize --config=configs/pretokenize.py:digits --output_dir=/data/digits
+  python -m rar_jax.data.pretokenize --config=configs/pretokenize.py:digits \
+    --output_dir=/data/digits
 
 Keys:
   source              imagenet_tfds | image_folder | jsonl | digits
@@ -34,7 +36,7 @@ Keys:
 
 import ml_collections
 
-from rar_jax import pretokenize
+from rar_jax.data import pretokenize
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@
 
 Modes: print (the rar_jax.main commands), local (run them one after another here), tpu / gpu
 (the launch/tpu.sh / launch/gpu.sh train commands; --execute runs them). The logic lives in
-rar_jax/sweeps.py.
+rar_jax/tools/sweeps.py.
 """
 
 import pathlib
@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from rar_jax import sweeps  # noqa: E402
+from rar_jax.tools import sweeps  # noqa: E402
 
 if __name__ == "__main__":
   sys.exit(sweeps.main(sys.argv[1:]))

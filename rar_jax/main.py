@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   host_memory.retain_freed_memory()  # before JAX starts its threads
   distributed.initialize()  # before anything below queries devices
-  from rar_jax import train  # noqa: PLC0415
+  from rar_jax.training import train  # noqa: PLC0415
 
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

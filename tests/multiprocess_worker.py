@@ -25,7 +25,7 @@ def main(argv):
   from flax import traverse_util
   from jax.experimental import multihost_utils
 
-  from rar_jax import train
+  from rar_jax.training import train
   from tests import train_worker
 
   state = train.train_and_evaluate(train_worker.tiny_config(data_dir, int(steps)), workdir)

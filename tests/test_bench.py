@@ -33,7 +33,7 @@ FIELDS = {
 @pytest.mark.parametrize("mode", ["train", "sample"])
 def test_bench_prints_one_json_line(mode, tmp_path):
   trace = tmp_path / "trace"
-  args = [sys.executable, "-m", "rar_jax.bench", mode, *SIZES, "--steps=2", "--warmup=1"]
+  args = [sys.executable, "-m", "rar_jax.tools.bench", mode, *SIZES, "--steps=2", "--warmup=1"]
   args += ["--noscan", "--attention_blocks=2"]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   out = subprocess.run(

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rar_jax import attention, dropout
+from rar_jax.model import attention, dropout
 
 
 def _autodiff_attention(q, k, v, mask, seeds, scale, rate):
@@ -85,7 +85,7 @@ def test_gelu_then_drop_gradient_matches_autodiff(rate):
 def test_layer_norm_matches_flax_and_its_gradients(affine):
   import flax.linen as nn
 
-  from rar_jax import normalization
+  from rar_jax.model import normalization
 
   x = 2.0 * jax.random.normal(jax.random.key(0), (4, 30, 64)) + 1.0
   gamma = jax.random.normal(jax.random.key(1), (64,)) if affine else None

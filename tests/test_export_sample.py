@@ -10,19 +10,11 @@ import pytest
 from etils import epath
 
 from configs import digits
-from rar_jax import (
-  checkpointing,
-  convert,
-  export,
-  input_pipeline,
-  optim,
-  presets,
-  sample,
-  sampling,
-  sharding,
-  tokenizers,
-  train_state,
-)
+from rar_jax import sharding, tokenizers
+from rar_jax.data import pipeline
+from rar_jax.model import convert, presets
+from rar_jax.sampling import decoding, export, sample
+from rar_jax.training import checkpointing, optim, train_state
 from tests import train_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +36,7 @@ def trained_workdir(tmp_path_factory):
   mesh = sharding.make_mesh()
   state = train_state.init_sharded(cfg, tx, 0, mesh)
   data_dir = train_worker.write_random_dataset(os.path.join(workdir, "data"))
-  data_iter = iter(input_pipeline.make_dataset(data_dir, global_batch=8, seed=0))
+  data_iter = iter(pipeline.make_dataset(data_dir, global_batch=8, seed=0))
   export.write_workdir_config(workdir, config)
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   checkpointing.save(manager, 7, state, data_iter, force=True)
@@ -81,7 +73,7 @@ def test_export_cli_writes_an_official_state_dict(trained_workdir, tmp_path):
     [
       sys.executable,
       "-m",
-      "rar_jax.export",
+      "rar_jax.sampling.export",
       f"--workdir={workdir}",
       f"--output={out}",
       "--format=torch",
@@ -110,7 +102,7 @@ def test_sample_set_is_resumable_and_adm_formatted(trained_workdir, tmp_path):
   export.write(str(tmp_path / "exp"), params, cfg, config)
   exp = export.load(str(tmp_path / "exp"))
   tok = tokenizers.build(exp.tokenizer, exp.image_size)
-  settings = sampling.SamplingConfig(guidance_scale=2.0)
+  settings = decoding.SamplingConfig(guidance_scale=2.0)
   out = epath.Path(tmp_path / "samples")
   sample.generate(exp, tok, out, num_samples=20, batch_size=8, seed=3, settings=settings)
   sample.assemble(out, 20, cfg.num_classes, 8)
@@ -132,7 +124,7 @@ def test_sample_set_is_resumable_and_adm_formatted(trained_workdir, tmp_path):
 
 
 def test_uint8_conversion_truncates_and_grid_layout():
-  from rar_jax import previews
+  from rar_jax.training import previews
 
   x = np.array([-0.5, 0.0, 0.5, 0.999, 1.0, 2.0], np.float32)
   assert previews.to_uint8(x).tolist() == [0, 0, 127, 254, 255, 255]

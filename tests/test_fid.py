@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rar_jax import evaluate as evaluate_cli
-from rar_jax import fid, inception, inception_weights
-from rar_jax.inception import InceptionFeatures
+from rar_jax.evaluation import evaluate as evaluate_cli
+from rar_jax.evaluation import fid, inception, inception_weights
+from rar_jax.evaluation.inception import InceptionFeatures
 
 
 def _random_cov(rng, d, scale=1.0):
@@ -497,7 +497,7 @@ def test_evaluate_names_missing_files(tmp_path):
 
 
 def test_cli_reports_missing_files(tmp_path):
-  cmd = [sys.executable, "-m", "rar_jax.evaluate", f"--samples={tmp_path}/s.npz"]
+  cmd = [sys.executable, "-m", "rar_jax.evaluation.evaluate", f"--samples={tmp_path}/s.npz"]
   cmd += [f"--reference={tmp_path}/r.npz", f"--inception_weights={tmp_path}/w.pth"]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
   assert proc.returncode != 0

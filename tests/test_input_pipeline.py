@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rar_jax import input_pipeline, records
+from rar_jax.data import pipeline, records
 
 SPEC = records.RecordSpec(seq_len=16, codebook_size=1024, num_classes=10)
 NUM_RECORDS = 96
@@ -58,7 +58,7 @@ def _assert_same(batches_a, batches_b):
 
 
 def test_shapes_and_dtypes(data_dir):
-  ds = input_pipeline.make_dataset(data_dir, global_batch=8, seed=0, process_count=2)
+  ds = pipeline.make_dataset(data_dir, global_batch=8, seed=0, process_count=2)
   batch = next(iter(ds))
   assert batch["tokens"].shape == (4, SPEC.seq_len) and batch["tokens"].dtype == np.int32
   assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
@@ -67,7 +67,7 @@ def test_shapes_and_dtypes(data_dir):
 
 def test_batch_not_divisible(data_dir):
   with pytest.raises(ValueError, match="global_batch=6 .* process_count=4"):
-    input_pipeline.make_dataset(data_dir, global_batch=6, seed=0, process_count=4)
+    pipeline.make_dataset(data_dir, global_batch=6, seed=0, process_count=4)
 
 
 @pytest.mark.parametrize("process_count, global_batch", [(2, 8), (4, 8), (5, 5)])
@@ -75,7 +75,7 @@ def test_batch_not_divisible(data_dir):
 def test_processes_read_disjoint_complete_parts(data_dir, process_count, global_batch, shuffle):
   per_process = [
     _ids(
-      input_pipeline.make_dataset(
+      pipeline.make_dataset(
         data_dir,
         global_batch=global_batch,
         seed=3,
@@ -97,7 +97,7 @@ def test_processes_read_disjoint_complete_parts(data_dir, process_count, global_
 
 def test_shuffle_is_seeded_and_reshuffles_each_epoch(data_dir):
   def epochs(seed):
-    ds = input_pipeline.make_dataset(data_dir, global_batch=8, seed=seed, process_count=1)
+    ds = pipeline.make_dataset(data_dir, global_batch=8, seed=seed, process_count=1)
     ids = _ids(_take(iter(ds), 2 * NUM_RECORDS // 8))
     return ids[:NUM_RECORDS], ids[NUM_RECORDS:]
 
@@ -108,7 +108,7 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch(data_dir):
 
 
 def test_restore_state_is_exact(data_dir):
-  ds = input_pipeline.make_dataset(data_dir, global_batch=8, seed=0, process_count=1)
+  ds = pipeline.make_dataset(data_dir, global_batch=8, seed=0, process_count=1)
   it = iter(ds)
   _take(it, 7)
   state = it.get_state()
@@ -119,7 +119,7 @@ def test_restore_state_is_exact(data_dir):
 
 
 def test_restore_through_orbax(data_dir, tmp_path):
-  ds = input_pipeline.make_dataset(data_dir, global_batch=8, seed=0, process_count=1)
+  ds = pipeline.make_dataset(data_dir, global_batch=8, seed=0, process_count=1)
   it = iter(ds)
   _take(it, 5)
   options = ocp.CheckpointManagerOptions(max_to_keep=2)
@@ -150,9 +150,9 @@ def test_restore_through_orbax(data_dir, tmp_path):
 def test_to_global_on_mesh(data_dir):
   mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2, 1), ("data", "fsdp", "tensor"))
   sharding = NamedSharding(mesh, P(("data", "fsdp")))
-  ds = input_pipeline.make_dataset(data_dir, global_batch=16, seed=0)
+  ds = pipeline.make_dataset(data_dir, global_batch=16, seed=0)
   local = next(iter(ds))
-  batch = input_pipeline.to_global(local, sharding)
+  batch = pipeline.to_global(local, sharding)
   for key, value in batch.items():
     assert value.shape == local[key].shape and value.dtype == np.int32
     assert value.sharding == sharding
@@ -160,12 +160,12 @@ def test_to_global_on_mesh(data_dir):
     for shard in value.addressable_shards:
       assert shard.data.shape[0] == 2
       np.testing.assert_array_equal(np.asarray(shard.data), local[key][shard.index])
-  first = next(input_pipeline.global_batches(iter(ds), sharding))
+  first = next(pipeline.global_batches(iter(ds), sharding))
   np.testing.assert_array_equal(np.asarray(first["tokens"]), local["tokens"])
 
 
 def test_multiprocess_prefetch(data_dir):
-  ds = input_pipeline.make_dataset(
+  ds = pipeline.make_dataset(
     data_dir, global_batch=8, seed=0, process_index=1, process_count=2, worker_count=2
   )
   mine = set(range(1, NUM_RECORDS, 2))

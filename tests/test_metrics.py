@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rar_jax import metrics, model, presets
+from rar_jax.model import presets, rar
+from rar_jax.training import metrics
 
 
 def test_analytic_flops_match_xla_cost_analysis():
@@ -24,12 +25,12 @@ def test_analytic_flops_match_xla_cost_analysis():
       attn_dropout=0.0,
     )
   )
-  params = model.init_params(cfg, jax.random.key(0))
+  params = rar.init_params(cfg, jax.random.key(0))
   tokens = jnp.zeros((4, 30), jnp.int32)
   labels = jnp.zeros((4,), jnp.int32)
 
   def loss(p):
-    return model.forward(cfg, p, tokens, labels).sum()
+    return rar.forward(cfg, p, tokens, labels).sum()
 
   compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
   xla = compiled.cost_analysis()["flops"]

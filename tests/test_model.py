@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rar_jax import convert, layers, losses, model, presets, randomization, sharding
+from rar_jax import sharding
+from rar_jax.model import convert, layers, presets, rar
+from rar_jax.training import losses, randomization
 from tests.official_reference import official_forward
 
 
@@ -37,7 +39,7 @@ def test_golden_logits_and_loss(golden, scan_layers):
   g, state, sizes = golden
   cfg = presets.resolve({**sizes, "scan_layers": scan_layers})
   params = convert.load_official(state, cfg)
-  logits = model.forward(cfg, params, g["tokens"], g["labels"], g["orders"])
+  logits = rar.forward(cfg, params, g["tokens"], g["labels"], g["orders"])
   assert logits.shape == (3, 257, 1024)
   np.testing.assert_allclose(np.asarray(logits), g["logits"], atol=1e-4, rtol=0)
   targets = randomization.permute(jnp.asarray(g["tokens"]), jnp.asarray(g["orders"]))
@@ -64,7 +66,7 @@ def test_parity_at_other_sizes():
   tokens = rng.integers(0, 40, (3, 16))
   labels = np.array([0, 6, 7])  # the last is the null class
   orders = np.stack([np.arange(16), rng.permutation(16), rng.permutation(16)])
-  logits = model.forward(cfg, convert.load_official(state, cfg), tokens, labels, orders)
+  logits = rar.forward(cfg, convert.load_official(state, cfg), tokens, labels, orders)
   ref = official_forward(state, tokens, labels, orders, depth=2, heads=3, codebook_size=40)
   np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4)
 
@@ -109,7 +111,7 @@ def test_parameter_counts_match_paper(variant, paper_millions):
   official = sum(int(np.prod(s)) for s in convert.official_shapes(cfg).values())
   assert abs(official / 1e6 - paper_millions) / paper_millions < 0.005
   # Ours holds exactly the official tensors minus the table rows no code path reads.
-  ours = model.count_params(nn.unbox(model.abstract_params(cfg)))
+  ours = rar.count_params(nn.unbox(rar.abstract_params(cfg)))
   unread_rows = 2 * (presets.OFFICIAL_POS_EXTRA_ROWS - 2) + presets.OFFICIAL_TIMESTEP_EXTRA_ROWS - 2
   assert ours == official - unread_rows * cfg.width
 
@@ -137,13 +139,13 @@ def test_causality_and_order_travel_together():
   tokens = rng.integers(0, 64, (1, 16))
   a = rng.permutation(16)
   b = np.concatenate([a[:6], rng.permutation(a[6:])])
-  la = model.forward(cfg, params, tokens, np.array([3]), a[None])
-  lb = model.forward(cfg, params, tokens, np.array([3]), b[None])
+  la = rar.forward(cfg, params, tokens, np.array([3]), a[None])
+  lb = rar.forward(cfg, params, tokens, np.array([3]), b[None])
   np.testing.assert_allclose(la[:, :6], lb[:, :6], atol=1e-5)
   assert not np.allclose(la[:, 7:], lb[:, 7:], atol=1e-3)
   tokens2 = tokens.copy()
   tokens2[0, a[10]] = (tokens[0, a[10]] + 1) % 64  # changes the input at step 10 only
-  l2 = model.forward(cfg, params, tokens2, np.array([3]), a[None])
+  l2 = rar.forward(cfg, params, tokens2, np.array([3]), a[None])
   np.testing.assert_allclose(la[:, :11], l2[:, :11], atol=1e-5)
   assert not np.allclose(la[:, 11], l2[:, 11], atol=1e-4)
 
@@ -156,12 +158,12 @@ def test_kv_cache_matches_full_forward():
   tokens = jnp.asarray(rng.integers(0, 64, (2, 16)))
   labels = jnp.array([1, 10])
   orders = jnp.stack([jnp.arange(16), jnp.asarray(rng.permutation(16))])
-  full = model.forward(cfg, params, tokens, labels, orders)
-  ids = model.training_ids(cfg, tokens, labels, orders)
-  cfg, params = model.unscan(cfg, params)
-  cache = model.init_cache(cfg, 2)
-  apply = jax.jit(model.RAR(cfg).apply)
-  cls_tok = model.class_tokens(cfg, labels)
+  full = rar.forward(cfg, params, tokens, labels, orders)
+  ids = rar.training_ids(cfg, tokens, labels, orders)
+  cfg, params = rar.unscan(cfg, params)
+  cache = rar.init_cache(cfg, 2)
+  apply = jax.jit(rar.RAR(cfg).apply)
+  cls_tok = rar.class_tokens(cfg, labels)
   out, cache = apply({"params": params}, ids[:, :2], cls_tok, orders, 0, cache)
   steps = [out[:, 1]]
   for q in range(2, cfg.seq_len + 1):
@@ -174,12 +176,12 @@ def test_dropout_only_in_training():
   cfg = _small_cfg()
   params = convert.from_official(_random_official(cfg), cfg)
   tokens, labels = jnp.zeros((2, 16), jnp.int32), jnp.array([0, 1])
-  eval_a = model.forward(cfg, params, tokens, labels)
-  eval_b = model.forward(cfg, params, tokens, labels)
+  eval_a = rar.forward(cfg, params, tokens, labels)
+  eval_b = rar.forward(cfg, params, tokens, labels)
   np.testing.assert_array_equal(eval_a, eval_b)
   key = jax.random.key(0)
-  train_a = model.forward(cfg, params, tokens, labels, dropout_rng=key)
-  train_b = model.forward(cfg, params, tokens, labels, dropout_rng=key)
+  train_a = rar.forward(cfg, params, tokens, labels, dropout_rng=key)
+  train_b = rar.forward(cfg, params, tokens, labels, dropout_rng=key)
   np.testing.assert_array_equal(train_a, train_b)
   assert not np.allclose(train_a, eval_a, atol=1e-3)
 
@@ -187,7 +189,7 @@ def test_dropout_only_in_training():
 def test_sharded_init_and_logits_match_single_device():
   cfg = _small_cfg()
   mesh = sharding.make_mesh((2, 2, 2))
-  params = model.init_params_sharded(cfg, jax.random.key(0), mesh)
+  params = rar.init_params_sharded(cfg, jax.random.key(0), mesh)
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     assert len(leaf.sharding.device_set) == 8
     if leaf.size >= 256:
@@ -199,10 +201,10 @@ def test_sharded_init_and_logits_match_single_device():
   tokens = jnp.asarray(rng.integers(0, 64, (8, 16)))
   labels = jnp.asarray(rng.integers(0, 11, (8,)))
   orders = randomization.sample_orders(jax.random.key(1), 8, 16, 0.5)
-  expected = model.forward(cfg, single, tokens, labels, orders)
+  expected = rar.forward(cfg, single, tokens, labels, orders)
   batch = sharding.batch_sharding(mesh)
   with sharding.activate(mesh):
-    sharded = jax.jit(lambda p, t, y, o: model.forward(cfg, p, t, y, o))(
+    sharded = jax.jit(lambda p, t, y, o: rar.forward(cfg, p, t, y, o))(
       params, jax.device_put(tokens, batch), jax.device_put(labels, batch), orders
     )
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(expected), atol=1e-5)
@@ -223,7 +225,7 @@ def test_scan_and_remat_variants_compute_the_same_gradients():
     params = convert.from_official(state, cfg)
 
     def loss(p, cfg=cfg):
-      logits = model.forward(cfg, p, tokens, labels, orders)
+      logits = rar.forward(cfg, p, tokens, labels, orders)
       return losses.next_token_loss(logits, randomization.permute(tokens, orders))[0]
 
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
@@ -235,7 +237,7 @@ def test_scan_and_remat_variants_compute_the_same_gradients():
 
 
 def test_dropout_bits_are_uniform_independent_and_sharding_invariant():
-  from rar_jax import dropout
+  from rar_jax.model import dropout
 
   shape = (8, 4, 64, 66)
   a = np.asarray(dropout.hashed_bits(jax.random.key(0), shape))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from rar_jax import chips, plan
+from rar_jax.tools import chips, plan
 
 ARGV = [
   "plan",

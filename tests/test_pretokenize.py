@@ -1,4 +1,5 @@
-"""Tests for rar_jax.augment and rar_jax.pretokenize (tiny random VQGAN, 8 CPU devices)."""
+"""Tests for rar_jax.data.augment and rar_jax.data.pretokenize (tiny random VQGAN, 8 CPU
+devices)."""
 
 import concurrent.futures
 import json
@@ -10,7 +11,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from rar_jax import augment, pretokenize, records, vqgan
+from rar_jax.data import augment, pretokenize, records
+from rar_jax.tokenizers import vqgan
 
 TINY = vqgan.VQGANConfig(
   hidden_channels=32,

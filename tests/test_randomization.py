@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rar_jax import randomization
+from rar_jax.training import randomization
 
 
 def test_orders_raster_at_zero_and_permutations_at_one():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from rar_jax import records
+from rar_jax.data import records
 
 SPEC = records.RecordSpec(seq_len=16, codebook_size=1024, num_classes=10)
 

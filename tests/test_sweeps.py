@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from rar_jax import sweep_results, sweeps
-from rar_jax.sweeps import Hyper
+from rar_jax.tools import sweep_results, sweeps
+from rar_jax.tools.sweeps import Hyper
 
 ROOT = sweeps.REPO_ROOT
 SAFE = re.compile(r"^[A-Za-z0-9._=,+-]+$")

@@ -12,16 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from rar_jax import (
-  checkpointing,
-  input_pipeline,
-  optim,
-  presets,
-  sharding,
-  train,
-  train_state,
-  train_step,
-)
+from rar_jax import sharding
+from rar_jax.data import pipeline
+from rar_jax.model import presets
+from rar_jax.training import checkpointing, optim, train, train_state, train_step
 from tests import train_worker
 
 WORKER = pathlib.Path(train_worker.__file__)
@@ -63,7 +57,7 @@ def test_one_step_is_the_same_on_every_mesh():
       sc, tx, schedule, mesh, train_state.state_shardings(cfg, tx, mesh)
     )
     with sharding.activate(mesh):
-      state, metrics = step(state, input_pipeline.to_global(batch, sharding.batch_sharding(mesh)))
+      state, metrics = step(state, pipeline.to_global(batch, sharding.batch_sharding(mesh)))
     results[shape] = (float(metrics["loss"]), jax.device_get(state.params))
   ref_loss, ref_params = results[(1, 1, 1)]
   for shape, (loss, params) in results.items():
@@ -128,7 +122,7 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, data_d
   tx, _ = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
   manager = checkpointing.make_manager(str(tmp_path), config.checkpoint)
   assert manager.all_steps() == [3, 4]
-  data_iter = iter(input_pipeline.make_dataset(data_dir, global_batch=16, seed=config.seed))
+  data_iter = iter(pipeline.make_dataset(data_dir, global_batch=16, seed=config.seed))
   abstract = train_state.abstract_state(plan.model, tx, plan.mesh, sharding.LOGICAL_RULES)
   state = checkpointing.restore_latest(manager, abstract, data_iter)
   assert int(state.step) == 4
@@ -143,7 +137,7 @@ def test_checkpoints_keep_the_last_k_and_every_mth(tmp_path, data_dir):
   )
   tx, _ = optim.make_optimizer(train_worker.tiny_config(data_dir, 1).optim, cfg, 10)
   state = train_state.init_sharded(cfg, tx, 0, sharding.make_mesh())
-  data_iter = iter(input_pipeline.make_dataset(data_dir, global_batch=16, seed=0))
+  data_iter = iter(pipeline.make_dataset(data_dir, global_batch=16, seed=0))
   manager = checkpointing.make_manager(
     str(tmp_path), {"every_steps": 1, "keep": 2, "keep_every": 4}
   )
@@ -163,7 +157,7 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path, data_dir, caplog):
   plan = train.resolve(config)
   tx, _ = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
   manager = checkpointing.make_manager(str(tmp_path), config.checkpoint)
-  data_iter = iter(input_pipeline.make_dataset(data_dir, global_batch=16, seed=config.seed))
+  data_iter = iter(pipeline.make_dataset(data_dir, global_batch=16, seed=config.seed))
   abstract = train_state.abstract_state(plan.model, tx, plan.mesh, sharding.LOGICAL_RULES)
   with caplog.at_level("WARNING"):
     state = checkpointing.restore_latest(manager, abstract, data_iter)
@@ -246,7 +240,7 @@ def test_two_processes_train_like_one_process_on_their_joined_batches(tmp_path, 
   )
   parts = [
     iter(
-      input_pipeline.make_dataset(
+      pipeline.make_dataset(
         data_dir, global_batch=16, seed=config.seed, process_index=i, process_count=2
       )
     )
@@ -256,7 +250,7 @@ def test_two_processes_train_like_one_process_on_their_joined_batches(tmp_path, 
     for _ in range(steps):
       local = [next(it) for it in parts]
       joined = {k: np.concatenate([b[k] for b in local]) for k in local[0]}
-      state, _ = step(state, input_pipeline.to_global(joined, sharding.batch_sharding(plan.mesh)))
+      state, _ = step(state, pipeline.to_global(joined, sharding.batch_sharding(plan.mesh)))
   from flax import traverse_util
 
   single = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from rar_jax import sharding, vqgan
-from rar_jax.pixel_tokenizer import PixelTokenizer
-from rar_jax.vqgan import VQGAN, Tokenizer, VQGANConfig
+from rar_jax import sharding
+from rar_jax.tokenizers import vqgan
+from rar_jax.tokenizers.pixel import PixelTokenizer
+from rar_jax.tokenizers.vqgan import VQGAN, Tokenizer, VQGANConfig
 
 TOL = 1e-4
 

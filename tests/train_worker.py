@@ -16,7 +16,7 @@ SEQ_LEN, CODES, CLASSES = 16, 32, 10
 
 
 def write_random_dataset(data_dir: str, num_records: int = 96, seed: int = 0) -> str:
-  from rar_jax import records
+  from rar_jax.data import records
 
   os.makedirs(data_dir, exist_ok=True)
   spec = records.RecordSpec(seq_len=SEQ_LEN, codebook_size=CODES, num_classes=CLASSES)
@@ -65,7 +65,7 @@ def tiny_config(data_dir: str, steps: int):
 def main(argv):
   workdir, data_dir, steps = argv[1], argv[2], int(argv[3])
   pause_at = int(argv[4]) if len(argv) > 4 else None
-  from rar_jax import checkpointing, train
+  from rar_jax.training import checkpointing, train
 
   save = checkpointing.save
 

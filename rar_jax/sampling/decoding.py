@@ -1,0 +1,290 @@
+"""Jitted class-conditional sampling: a [cls, class] prefill into a preallocated KV cache, then
+one `lax.scan` over the L generation steps, one token per model call.
+
+Each step takes the logits of the last fed position and applies, in the official order,
+classifier-free guidance with the power-cosine schedule, temperature, then the optional
+top-k / top-p filters (off by default, as in the paper), and draws the token with
+`jax.random.categorical(fold_in(key, step), ...)` on the global [B, V] logits, so the same key
+gives the same tokens on every mesh (threefry is partitionable).
+
+Guided batch layout: 2B model rows with sample b's conditional row at 2b and its null-class twin
+at 2b + 1 (the official code concatenates [cond; null]). Interleaving keeps both rows of a pair
+on the same device when the batch is sharded, so the guidance combination needs no
+communication. Both rows are fed the same sampled token.
+
+Public calls:
+  SamplingConfig(guidance_scale, guidance_power, temperature, top_k, top_p)
+  generate(cfg, params, class_ids, key, sampling, orders=None) -> tokens [B, L] (raster layout)
+  score(cfg, params, tokens, class_ids, sampling, orders=None) -> per-step logits [B, L, V]
+  make_sampler(cfg, sampling) -> jitted fn(params, class_ids, key, orders=None) -> tokens
+  sample_on_mesh(sampler, mesh, params, class_ids, key, orders=None) -> tokens
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from rar_jax import sharding
+from rar_jax.model import rar
+from rar_jax.model.presets import ModelConfig
+from rar_jax.training import randomization
+
+Array = jax.Array
+Params = Any
+Sampler = Callable[..., Array]
+
+# Logical axes of a layer's cache [rows, H, S, K]: rows over the batch mesh axes.
+_CACHE_AXES = ("batch", "act_heads", "length", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How logits become tokens. Static under jit: a new config compiles a new sampler.
+
+  Attributes:
+    guidance_scale: g of classifier-free guidance. 0 disables guidance (the official rule: no
+      null-class rows, plain conditional logits); any other value runs the doubled batch, so
+      g = 1 gives the conditional logits at twice the cost.
+    guidance_power: pow of the power-cosine schedule; 0 gives a constant g (0^0 = 1).
+    temperature: divides the logits after guidance.
+    top_k: keep the k largest logits; 0 is off.
+    top_p: keep the smallest set of tokens with probability >= top_p; 1.0 is off.
+  """
+
+  guidance_scale: float = 0.0
+  guidance_power: float = 0.0
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+  def __post_init__(self):
+    if self.temperature <= 0:
+      raise ValueError(f"sampling.temperature must be > 0, got {self.temperature!r}")
+    if self.guidance_power < 0:
+      raise ValueError(f"sampling.guidance_power must be >= 0, got {self.guidance_power!r}")
+    if self.top_k < 0:
+      raise ValueError(f"sampling.top_k must be >= 0 (0 is off), got {self.top_k!r}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p!r}")
+
+  @property
+  def guided(self) -> bool:
+    return self.guidance_scale != 0.0
+
+
+def guidance_schedule(sampling: SamplingConfig, step: Array | int, num_steps: int) -> Array:
+  """s_t = (g - 1) * (1 - cos(pi * (t / L)^pow)) / 2 + 1: 1 at t = 0 rising towards g."""
+  ratio = (jnp.asarray(step, jnp.float32) / num_steps) ** sampling.guidance_power
+  return (sampling.guidance_scale - 1.0) * (1.0 - jnp.cos(math.pi * ratio)) / 2.0 + 1.0
+
+
+def guided_logits(cond: Array, uncond: Array, scale: Array | float) -> Array:
+  """u + (c - u) * s, written c + (c - u) * (s - 1) so that s = 1 returns c exactly."""
+  return cond + (cond - uncond) * (scale - 1.0)
+
+
+def _top_k(logits: Array, k: int) -> Array:
+  kth = jax.lax.top_k(logits, k)[0][..., -1:]  # [B, 1]
+  return jnp.where(logits >= kth, logits, -jnp.inf)
+
+
+def _top_p(logits: Array, p: float) -> Array:
+  ranked = jax.lax.top_k(logits, logits.shape[-1])[0]  # [B, V] descending
+  probs = jax.nn.softmax(ranked, axis=-1)
+  mass_above = jnp.cumsum(probs, axis=-1) - probs  # the top token always has 0 < p
+  cutoff = jnp.min(jnp.where(mass_above < p, ranked, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits >= cutoff, logits, -jnp.inf)
+
+
+def step_logits(sampling: SamplingConfig, raw: Array, step: Array | int, num_steps: int) -> Array:
+  """Model logits of one step -> the logits its token is drawn from.
+
+  Args:
+    sampling: the sampling config.
+    raw: [R, V] float32 model logits; R = 2B interleaved (cond, null) rows when guided, else B.
+    step: t in [0, L).
+    num_steps: L.
+
+  Returns:
+    [B, V] float32: guided, divided by the temperature, then top-k / top-p filtered (-inf).
+  """
+  logits = raw
+  if sampling.guided:
+    pairs = raw.reshape(-1, 2, raw.shape[-1])  # [B, 2, V]
+    scale = guidance_schedule(sampling, step, num_steps)
+    logits = guided_logits(pairs[:, 0], pairs[:, 1], scale)
+  logits = logits / sampling.temperature
+  if sampling.top_k:
+    logits = _top_k(logits, sampling.top_k)
+  if sampling.top_p < 1.0:
+    logits = _top_p(logits, sampling.top_p)
+  return logits
+
+
+def _model_rows(
+  cfg: ModelConfig, class_ids: Array, orders: Array | None, rows: int
+) -> tuple[Array, Array]:
+  """Class tokens [R] and orders [R, L] of the R = B * rows model rows ((cond, null) pairs)."""
+  b = class_ids.shape[0]
+  orders = rar.raster_orders(cfg, b) if orders is None else jnp.asarray(orders, jnp.int32)
+  classes = class_ids.astype(jnp.int32)
+  if rows == 2:
+    classes = jnp.stack([classes, jnp.full_like(classes, cfg.null_class)], axis=1).reshape(-1)
+  return rar.class_tokens(cfg, classes), jnp.repeat(orders, rows, axis=0)
+
+
+def _decode(
+  cfg: ModelConfig,
+  sampling: SamplingConfig,
+  params: Params,
+  class_ids: Array,
+  orders: Array | None,
+  key: Array | None,
+  forced: Array | None,
+) -> tuple[Array, Array | None]:
+  """The cached generation loop; with `forced` [B, L] (step order) it feeds those tokens.
+
+  Returns:
+    tokens [B, L] int32 in step order, and the [B, L, V] step logits when forced (else None).
+  """
+  b, seq_len = class_ids.shape[0], cfg.seq_len
+  rows = 2 if sampling.guided else 1  # model rows per sample
+  class_tok, row_orders = _model_rows(cfg, class_ids, orders, rows)
+  cfg, params = rar.unscan(cfg, params)  # one cache buffer per layer, updated in place
+  apply = functools.partial(rar.RAR(cfg).apply, {"params": params})
+
+  def run(ids: Array, start: Array | int, cache: rar.Cache):
+    cache = jax.tree.map(lambda a: nn.with_logical_constraint(a, _CACHE_AXES), cache)
+    return apply(ids, class_tok, row_orders, start, cache)
+
+  cache = rar.init_cache(cfg, b * rows)
+  prefix = jnp.stack([jnp.zeros_like(class_tok), class_tok], axis=1)  # [R, 2] = [cls, class]
+  out, cache = run(prefix, 0, cache)
+
+  def choose(raw: Array, t: Array | int, forced_t: Array | None) -> tuple[Array, Array | None]:
+    logits = step_logits(sampling, raw, t, seq_len)  # [B, V]
+    if forced_t is not None:
+      return forced_t, logits
+    return jax.random.categorical(jax.random.fold_in(key, t), logits).astype(jnp.int32), None
+
+  def body(carry, xs):
+    raw, cache = carry
+    t, forced_t = xs
+    token, logits = choose(raw, t, forced_t)
+    out, cache = run(jnp.repeat(token, rows)[:, None], t + 2, cache)  # feed step t at q = t + 2
+    return (out[:, 0], cache), (token, logits)
+
+  steps = jnp.arange(seq_len - 1)
+  forced_cols = None if forced is None else forced[:, :-1].T  # [L - 1, B]
+  (raw, _), (tokens, logits) = jax.lax.scan(body, (out[:, 1], cache), (steps, forced_cols))
+  last, last_logits = choose(raw, seq_len - 1, None if forced is None else forced[:, -1])
+  tokens = jnp.concatenate([tokens.T, last[:, None]], axis=1)  # [B, L]
+  if forced is None:
+    return tokens, None
+  return tokens, jnp.concatenate([logits.transpose(1, 0, 2), last_logits[:, None]], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def generate(
+  cfg: ModelConfig,
+  params: Params,
+  class_ids: Array,
+  key: Array,
+  sampling: SamplingConfig,
+  orders: Array | None = None,
+) -> Array:
+  """Samples one batch of token grids.
+
+  Args:
+    cfg: model config (static).
+    params: model parameters (unboxed).
+    class_ids: [B] int class indices in [0, num_classes).
+    key: PRNG key; step t draws with fold_in(key, t).
+    sampling: the sampling config (static).
+    orders: [B, L] int generation orders (orders[b, i] = raster position of step i), e.g. from
+      randomization.sample_orders; raster (the official and default) when None.
+
+  Returns:
+    [B, L] int32 tokens in raster layout: tokens[b, orders[b, i]] = the token of step i.
+  """
+  step_tokens, _ = _decode(cfg, sampling, params, class_ids, orders, key, None)
+  if orders is None:
+    return step_tokens
+  return randomization.permute(step_tokens, jnp.argsort(orders, axis=1))  # a gather, no scatter
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def score(
+  cfg: ModelConfig,
+  params: Params,
+  tokens: Array,
+  class_ids: Array,
+  sampling: SamplingConfig,
+  orders: Array | None = None,
+) -> Array:
+  """Teacher-forces `tokens` through the sampler's own cached loop.
+
+  Args:
+    tokens: [B, L] int codes in raster layout; the others as `generate`.
+
+  Returns:
+    [B, L, V] float32: logits[:, i] is what `generate` would draw step i's token from (after
+    guidance, temperature and filters) given the tokens of steps < i.
+  """
+  b = tokens.shape[0]
+  orders = rar.raster_orders(cfg, b) if orders is None else orders
+  forced = jnp.take_along_axis(jnp.asarray(tokens, jnp.int32), orders, axis=1)  # step order
+  return _decode(cfg, sampling, params, class_ids, orders, None, forced)[1]
+
+
+def make_sampler(cfg: ModelConfig, sampling: SamplingConfig) -> Sampler:
+  """A jitted fn(params, class_ids, key, orders=None) -> tokens [B, L] for fixed configs.
+
+  It compiles once per input shape/sharding (and once more for orders=None vs given); new
+  params, keys, classes or orders of the same shapes reuse that compile.
+  """
+
+  def sample(params: Params, class_ids: Array, key: Array, orders: Array | None = None) -> Array:
+    return generate(cfg, params, class_ids, key, sampling, orders)
+
+  return jax.jit(sample)
+
+
+def sample_on_mesh(
+  sampler: Sampler,
+  mesh: Mesh,
+  params: Params,
+  class_ids: Array,
+  key: Array,
+  orders: Array | None = None,
+) -> Array:
+  """Runs `sampler` with the batch sharded over the mesh's batch axes (data x fsdp).
+
+  Parameters already spread over the mesh's devices keep their sharding; any other leaf is
+  replicated. B must be divisible by `sharding.data_parallel_size(mesh)`.
+
+  Returns:
+    [B, L] int32 tokens, batch-sharded; equal to the single-device tokens for the same key.
+  """
+  devices = set(mesh.devices.flat)
+  replicated = sharding.replicated(mesh)
+
+  def place(x: Any) -> Any:
+    on_mesh = isinstance(x, jax.Array) and x.sharding.device_set == devices
+    return x if on_mesh else jax.device_put(x, replicated)
+
+  params = jax.tree.map(place, params)
+  batch = sharding.batch_sharding(mesh)
+  class_ids = jax.device_put(class_ids, batch)
+  orders = None if orders is None else jax.device_put(orders, batch)
+  with sharding.activate(mesh):
+    return sampler(params, class_ids, jax.device_put(key, replicated), orders)

@@ -1,0 +1,175 @@
+"""Parameters-only exports for sampling, from a training workdir or from official weights.
+
+An export directory holds `params/` (an Orbax checkpoint of the parameters, float32 or
+bfloat16) and `export.json` (the model config, the sampling defaults, the tokenizer and the
+image size). `load` restores it onto any mesh with no optimizer state.
+
+  python -m rar_jax.sampling.export --workdir=W [--step=S] --output=O [--dtype=bfloat16]
+  python -m rar_jax.sampling.export --workdir=W --output=rar.bin --format=torch  # state dict
+  python -m rar_jax.sampling.export --official=rar_xl.bin --config=configs/imagenet.py:XL --output=O
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import app, flags
+from etils import epath
+from jax.sharding import Mesh
+from ml_collections import config_flags
+
+from rar_jax import sharding
+from rar_jax.model import convert, presets, rar
+from rar_jax.model.presets import ModelConfig
+from rar_jax.training import checkpointing
+
+EXPORT_FILE = "export.json"
+CONFIG_FILE = "config.json"  # written into every training workdir
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+  """A loaded export: everything the sampler needs."""
+
+  model: ModelConfig
+  params: Any
+  sampling: dict[str, float]
+  tokenizer: dict[str, Any]
+  image_size: int
+
+
+def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Records the run's config beside its checkpoints (process 0), for export and sampling."""
+  if jax.process_index() == 0:
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_FILE).write_text(config.to_json(indent=2))
+
+
+def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training workdir was run with (its config.json)."""
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: is {workdir} a rar_jax training workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def write(
+  output: str, params: Any, cfg: ModelConfig, config: Mapping[str, Any], dtype: str = "float32"
+) -> None:
+  """Writes an export of params; refuses to overwrite an existing output (FileExistsError)."""
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  out = epath.Path(output)
+  if out.exists():
+    raise FileExistsError(f"export output {out} already exists; choose a new path")
+  params = jax.tree.map(lambda a: jnp.asarray(a, DTYPES[dtype]), params)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(out / "params", params)
+  checkpointer.wait_until_finished()
+  meta = {
+    "model": dataclasses.asdict(cfg),
+    "dtype": dtype,
+    "sampling": dict(config["sampling"]),
+    "tokenizer": json.loads(ml_collections.ConfigDict(config["tokenizer"]).to_json()),
+    "image_size": int(config["image_size"]),
+  }
+  if jax.process_index() == 0:
+    (out / EXPORT_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load(
+  path: str, mesh: Mesh | None = None, rules: sharding.Rules = sharding.LOGICAL_RULES
+) -> Export:
+  """Restores an export onto mesh (default: all devices, data-parallel), float32 params."""
+  root = epath.Path(path)
+  meta_path = root / EXPORT_FILE
+  if not meta_path.exists():
+    raise FileNotFoundError(f"{meta_path} not found: {path} is not a rar_jax export")
+  meta = json.loads(meta_path.read_text())
+  cfg = presets.ModelConfig(**meta["model"]).validate()
+  mesh = mesh or sharding.make_mesh()
+  shardings = rar.param_shardings(cfg, mesh, rules)
+  dtype = DTYPES[meta["dtype"]]
+  abstract = jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh),
+    jax.eval_shape(lambda: rar.init_params(cfg, jax.random.key(0))),
+    shardings,
+  )
+  params = ocp.StandardCheckpointer().restore(root / "params", abstract)
+  params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+  return Export(cfg, params, meta["sampling"], meta["tokenizer"], meta["image_size"])
+
+
+def params_from_workdir(workdir: str, step: int | None, cfg: ModelConfig, mesh: Mesh) -> Any:
+  """Restores only the parameters of a training checkpoint (no optimizer state is read)."""
+  manager = checkpointing.make_manager(
+    workdir, {"every_steps": 1, "keep": 1, "keep_every": 0}, read_only=True
+  )
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}/checkpoints")
+  abstract = jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+    jax.eval_shape(lambda: rar.init_params(cfg, jax.random.key(0))),
+    rar.param_shardings(cfg, mesh),
+  )
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+        item={"params": abstract},
+        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
+        partial_restore=True,
+      )
+    ),
+  )
+  return restored.state["params"]
+
+
+def _cli() -> None:
+  """Defines the flags (only when run as a script, so importers keep their own) and runs."""
+  workdir = flags.DEFINE_string("workdir", None, "Training workdir to export from.")
+  step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+  official = flags.DEFINE_string("official", None, "Official rar_*.bin (or .npz) to import.")
+  config_flag = config_flags.DEFINE_config_file("config", None, "With --official: its config.")
+  output = flags.DEFINE_string("output", None, "Export directory, or a .bin/.npz with torch.")
+  dtype = flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Stored parameter dtype.")
+  fmt = flags.DEFINE_enum("format", "orbax", ["orbax", "torch"], "orbax export or official.")
+  flags.mark_flags_as_required(["output"])
+
+  def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if (workdir.value is None) == (official.value is None):
+      raise app.UsageError("give exactly one of --workdir and --official")
+    if workdir.value:
+      config = read_workdir_config(workdir.value)
+      cfg = presets.resolve(config.model)
+      mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
+      params = params_from_workdir(workdir.value, step.value, cfg, mesh)
+    else:
+      if config_flag.value is None:
+        raise app.UsageError("--official needs --config (the model sizes)")
+      config = config_flag.value
+      cfg = presets.resolve(config.model)
+      params = convert.load_official(official.value, cfg)
+    if fmt.value == "torch":
+      convert.save_official(params, cfg, output.value)
+    else:
+      write(output.value, params, cfg, config, dtype.value)
+    print(f"wrote {output.value}")
+
+  app.run(main)
+
+
+if __name__ == "__main__":
+  _cli()

@@ -1,0 +1,227 @@
+"""Benchmarks of the train step and the sampler, on any backend; one JSON line per measurement.
+
+  python -m rar_jax.tools.bench train --width=256 --depth=4 --heads=8 --mlp_dim=1024 --batch=8
+  python -m rar_jax.tools.bench sample --variant=XL --batch=256 --dtype=bfloat16 --decode
+
+Step times are medians over --steps timed calls after --warmup calls; compilation is timed
+apart. Model FLOPs are analytic (rar_jax.training.metrics). The fraction of peak uses the chip
+table on TPU/GPU; on the CPU the peak is a large square matmul of the same dtype timed in the same
+run, so the figure is a ratio that holds on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from rar_jax import host_memory, sharding
+from rar_jax.model import presets
+from rar_jax.sampling import decoding
+from rar_jax.training import metrics, optim, train_state, train_step
+
+OPTIM = dict(
+  lr=1e-4,
+  end_lr=1e-5,
+  warmup_steps=10,
+  b1=0.9,
+  b2=0.96,
+  eps=1e-8,
+  weight_decay=0.03,
+  grad_clip_norm=1.0,
+)
+
+
+def timed(fn: Callable[[], Any], steps: int, warmup: int, profile_dir: str | None = None) -> float:
+  """Median wall time of fn() (blocking on its result) after warm-up calls; with profile_dir,
+  the timed calls are also traced there (`jax.profiler`; open with TensorBoard or Perfetto)."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  with jax.profiler.trace(profile_dir) if profile_dir else contextlib.nullcontext():
+    for _ in range(steps):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def matmul_peak_tflops(dtype: Any, n: int = 2048) -> float:
+  """Measured TFLOP/s of one n x n x n matmul on one device (the CPU peak)."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  return 2 * n**3 / timed(lambda: f(a), steps=10, warmup=2) / 1e12
+
+
+def peak_tflops(dtype: Any) -> tuple[float, str]:
+  """(peak TFLOP/s per device, its source): measured on the CPU, the chip table elsewhere."""
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return matmul_peak_tflops(dtype), "measured matmul"
+  table = metrics.peak_tflops(device.device_kind)
+  return (table, "chip table") if table else (float("nan"), "unknown chip")
+
+
+def bench_train(
+  cfg: presets.ModelConfig, batch: int, steps: int, warmup: int, profile_dir: str | None = None
+) -> dict:
+  """Compile time, median step time and model FLOPs of the real train step on all devices."""
+  tx, schedule = optim.make_optimizer(OPTIM, cfg, 1000)
+  mesh = sharding.make_mesh()
+  sc = train_step.StepConfig(cfg, 0, 1000, 0.1)
+  abstract = train_state.abstract_state(cfg, tx, mesh, sharding.LOGICAL_RULES)
+  compiled, lower_s, compile_s = train_step.compile_train_step(
+    sc, tx, schedule, mesh, abstract, batch
+  )
+  rng = np.random.default_rng(0)
+  batch_sh = sharding.batch_sharding(mesh)
+  data = {
+    "tokens": jax.device_put(
+      rng.integers(0, cfg.codebook_size, (batch, cfg.seq_len), np.int32), batch_sh
+    ),
+    "label": jax.device_put(rng.integers(0, cfg.num_classes, (batch,), np.int32), batch_sh),
+  }
+  holder = [train_state.init_sharded(cfg, tx, 0, mesh)]
+
+  def run():
+    holder[0], out = compiled(holder[0], data)
+    return out
+
+  seconds = timed(run, steps, warmup, profile_dir)
+  flops = metrics.train_flops_per_sequence(cfg) * batch
+  return {"compile_s": lower_s + compile_s, "step_s": seconds, "flops": flops}
+
+
+def sample_flops(cfg: presets.ModelConfig, rows: int) -> float:
+  """Forward FLOPs of one sampled image with a KV cache: L + 1 fed positions per row."""
+  dense = 2.0 * metrics.matmul_params_per_token(cfg) * (cfg.seq_len + 1)
+  attention = 2.0 * (cfg.seq_len + 1) ** 2 * cfg.width * cfg.depth  # causal, with the cache
+  return rows * (dense + attention)
+
+
+def bench_sample(
+  cfg: presets.ModelConfig,
+  batch: int,
+  steps: int,
+  warmup: int,
+  guidance: float,
+  decode: bool,
+  profile_dir: str | None = None,
+) -> dict:
+  """Compile time, median time per sampled batch (optionally decoded) and model FLOPs."""
+  settings = decoding.SamplingConfig(guidance_scale=guidance, guidance_power=1.5, temperature=1.0)
+  mesh = sharding.make_mesh()
+  from rar_jax.model import rar  # noqa: PLC0415
+
+  params = rar.init_params_sharded(cfg, jax.random.key(0), mesh)
+  sampler = decoding.make_sampler(cfg, settings)
+  classes = np.arange(batch, dtype=np.int32) % cfg.num_classes
+  decoder = _vqgan_decoder(mesh) if decode else None
+  calls = [0]
+
+  def run():
+    calls[0] += 1
+    tokens = decoding.sample_on_mesh(sampler, mesh, params, classes, jax.random.key(calls[0]))
+    return decoder(tokens) if decoder else tokens
+
+  start = time.perf_counter()
+  jax.block_until_ready(run())
+  compile_s = time.perf_counter() - start
+  seconds = timed(run, steps, warmup, profile_dir)
+  rows = 2 * batch if settings.guided else batch
+  return {"compile_s": compile_s, "step_s": seconds, "flops": sample_flops(cfg, rows)}
+
+
+def _vqgan_decoder(mesh):
+  """The released-size MaskGIT-VQGAN decoder with random weights (speed only)."""
+  from rar_jax.tokenizers import vqgan  # noqa: PLC0415
+
+  cfg = vqgan.VQGANConfig()
+  tok = vqgan.Tokenizer(cfg, vqgan.init_params(cfg, jax.random.key(1)), mesh=mesh)
+  return tok.decode
+
+
+def _cli() -> None:
+  flags.DEFINE_string("variant", None, "B/L/XL/XXL preset; explicit sizes override it.")
+  flags.DEFINE_integer("width", None, "Model width.")
+  flags.DEFINE_integer("depth", None, "Number of blocks.")
+  flags.DEFINE_integer("heads", None, "Attention heads.")
+  flags.DEFINE_integer("mlp_dim", None, "MLP hidden size.")
+  flags.DEFINE_integer("seq_len", 256, "Image tokens.")
+  flags.DEFINE_integer("batch", 8, "Global batch (images).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+  flags.DEFINE_string("remat", "none", "Remat policy (train).")
+  flags.DEFINE_bool("scan", True, "Scan over layers (False: unrolled).")
+  flags.DEFINE_integer("attention_blocks", 4, "Query blocks of the causal attention.")
+  flags.DEFINE_integer("steps", 10, "Timed calls.")
+  flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
+  flags.DEFINE_float("guidance", 6.9, "Guidance scale (sample); 0 disables guidance.")
+  flags.DEFINE_bool("decode", False, "Include VQGAN decoding (sample).")
+  flags.DEFINE_string("profile_dir", None, "Also write a jax.profiler trace of the timed calls.")
+  f = flags.FLAGS
+
+  def main(argv: list[str]) -> None:
+    host_memory.retain_freed_memory()  # before JAX starts its threads
+    if len(argv) != 2 or argv[1] not in ("train", "sample"):
+      raise app.UsageError("usage: python -m rar_jax.tools.bench train|sample [flags]")
+    mode = argv[1]
+    sizes = {k: getattr(f, k) for k in ("width", "depth", "heads", "mlp_dim")}
+    cfg = presets.resolve(
+      {
+        "variant": f.variant,
+        **sizes,
+        "seq_len": f.seq_len,
+        "dtype": f.dtype,
+        "remat_policy": f.remat,
+        "scan_layers": f.scan,
+        "attention_blocks": f.attention_blocks,
+      }
+    )
+    if mode == "train":
+      result = bench_train(cfg, f.batch, f.steps, f.warmup, f.profile_dir)
+    else:
+      result = bench_sample(cfg, f.batch, f.steps, f.warmup, f.guidance, f.decode, f.profile_dir)
+    peak, peak_source = peak_tflops(jnp.dtype(f.dtype))
+    per_device = result["flops"] / result["step_s"] / jax.device_count() / 1e12
+    print(
+      json.dumps(
+        {
+          "mode": mode,
+          "backend": jax.default_backend(),
+          "device_kind": jax.devices()[0].device_kind,
+          "device_count": jax.device_count(),
+          "width": cfg.width,
+          "depth": cfg.depth,
+          "heads": cfg.heads,
+          "mlp_dim": cfg.mlp_dim,
+          "seq_len": cfg.seq_len,
+          "batch": f.batch,
+          "dtype": f.dtype,
+          "remat": cfg.remat_policy,
+          "scan": cfg.scan_layers,
+          "attention_blocks": cfg.attention_blocks,
+          "compile_s": round(result["compile_s"], 3),
+          "step_s": round(result["step_s"], 5),
+          "images_per_s": round(f.batch / result["step_s"], 3),
+          "tokens_per_s": round(f.batch * cfg.seq_len / result["step_s"], 1),
+          "model_tflops_per_device": round(per_device, 5),
+          "peak_tflops_per_device": round(peak, 4),
+          "peak_source": peak_source,
+          "fraction_of_peak": round(per_device / peak, 4),
+        }
+      ),
+      flush=True,
+    )
+
+  app.run(main)
+
+
+if __name__ == "__main__":
+  _cli()

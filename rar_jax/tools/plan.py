@@ -1,0 +1,477 @@
+"""Capacity planner: will this config fit, and how long will it train, before renting chips?
+
+  python -m rar_jax.tools.plan --config=configs/imagenet.py:XL --topology=v5p-128
+  python -m rar_jax.tools.plan --config=configs/imagenet.py:XXL --topology=v6e-64 \
+      --config.model.remat_policy=full --config.mesh.shape='(-1,4,1)'
+  python -m rar_jax.tools.plan --config=configs/imagenet.py:B --devices=8 --chip=h100 --mfu=0.4
+
+It compiles the real train step (train_step.jit_train_step, the same shardings as training) for
+the target number of devices, simulated on the host CPU (XLA_FLAGS
+--xla_force_host_platform_device_count, set from --devices/--topology before jax starts), on
+abstract inputs only: no parameter is ever allocated. It prints the per-device memory of the
+compiled step (XLA memory_analysis) next to the analytic parameter and optimizer bytes of the
+shardings, the FLOPs of a step (XLA cost_analysis next to metrics.train_flops_per_sequence),
+the step time and time to train at a stated MFU on the target chip, and FITS / DOES NOT FIT.
+
+Topologies: v4-N and v5p-N count TensorCores (2 per chip: v5p-128 is 64 chips); v5e-N /
+v5litepod-N and v6e-N count chips; a100-N, h100-N, h200-N count GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rar_jax.tools.chips import CHIPS, GIB, Chip, chip_by_name, parse_topology
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+  """The last value of --name=V or --name V in argv (before absl parses anything)."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _requested_devices(argv: list[str]) -> int | None:
+  devices = _flag_value(argv, "devices")
+  if devices:
+    return int(devices)
+  topology = _flag_value(argv, "topology")
+  if topology:
+    try:
+      return parse_topology(topology)[1]
+    except ValueError:
+      return None  # reported properly once the flags are parsed
+  return None
+
+
+def _simulate_host_devices(count: int) -> None:
+  """Makes the CPU backend expose `count` devices; must run before jax initialises."""
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = " ".join(
+    [*flags.split(), f"--xla_force_host_platform_device_count={count}"]
+  )
+  os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+if __name__ == "__main__":
+  _count = _requested_devices(sys.argv[1:])
+  if _count:
+    _simulate_host_devices(_count)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from rar_jax import sharding  # noqa: E402
+from rar_jax.model.presets import ModelConfig  # noqa: E402
+from rar_jax.training import metrics, optim, train, train_state, train_step  # noqa: E402
+
+DEFAULT_CHIP = "v5p"
+TIGHT = 0.9  # above this share of HBM the verdict says "tight"
+
+
+@dataclasses.dataclass
+class Analysis:
+  """What the compiles of one config on one mesh say (independent of the target chip)."""
+
+  config_name: str
+  model: ModelConfig
+  num_params: int
+  num_devices: int
+  mesh_shape: dict[str, int]
+  global_batch: int
+  total_steps: int
+  lower_s: float
+  compile_s: float
+  flops_compile_s: float
+  memory: dict[str, int]  # XLA memory_analysis, bytes per device
+  analytic_bytes: dict[str, int]  # params, optimizer, batch per device, from the shardings
+  analytic_flops: float  # per step, global
+  xla_flops_per_device: float | None
+  xla_flops_method: str
+
+  @property
+  def peak_bytes(self) -> int:
+    """Live bytes per device: donated outputs reuse the argument buffers."""
+    m = self.memory
+    return m["argument"] + m["output"] - m["alias"] + m["temp"] + m["generated_code"]
+
+
+def _compile(config: Any, plan: train.Plan, cfg: ModelConfig) -> tuple[Any, Any, float, float]:
+  """Lowers and compiles the train step of model `cfg` on abstract inputs.
+
+  Returns (compiled, abstract_state, lower seconds, compile seconds).
+  """
+  rules = sharding.LOGICAL_RULES
+  tx, schedule = optim.make_optimizer(config.optim, cfg, plan.total_steps)
+  abstract = train_state.abstract_state(cfg, tx, plan.mesh, rules)
+  sc = train_step.StepConfig(cfg, *plan.anneal, config.randomness.label_dropout)
+  compiled, lower_s, compile_s = train_step.compile_train_step(
+    sc, tx, schedule, plan.mesh, abstract, plan.global_batch, rules
+  )
+  return compiled, abstract, lower_s, compile_s
+
+
+def _flops(compiled: Any) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    raise RuntimeError("XLA cost_analysis reported no flops")
+  return float(cost["flops"])
+
+
+def _shard_bytes(tree: Any) -> int:
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape)
+    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def analyze(
+  config: Any, devices: Sequence[Any], config_name: str = "", xla_flops: bool = True
+) -> Analysis:
+  """Compiles the train step of `config` on `devices` (simulated CPU devices) and measures it.
+
+  With model.scan_layers, XLA's cost analysis counts the scanned layer once; the FLOPs then come
+  from unrolled 1- and 2-layer compiles, F(depth) = F(1) + (depth - 1) * (F(2) - F(1)), which is
+  exact for a stack of identical layers.
+  """
+  plan = train.resolve(config, devices)
+  cfg = plan.model
+  compiled, abstract, lower_s, compile_s = _compile(config, plan, cfg)
+  stats = compiled.memory_analysis()
+  if stats is None:
+    raise RuntimeError("this XLA backend gives no memory_analysis")
+  memory = {
+    "argument": int(stats.argument_size_in_bytes),
+    "output": int(stats.output_size_in_bytes),
+    "alias": int(stats.alias_size_in_bytes),
+    "temp": int(stats.temp_size_in_bytes),
+    "generated_code": int(stats.generated_code_size_in_bytes),
+  }
+  dp = sharding.data_parallel_size(plan.mesh)
+  batch_bytes = (plan.global_batch // dp) * (cfg.seq_len + 1) * 4
+  analytic_bytes = {
+    "params": _shard_bytes(abstract.params),
+    "optimizer": _shard_bytes(abstract.opt_state),
+    "batch": batch_bytes,
+  }
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+
+  flops_s = 0.0
+  xla, method = None, "not computed (--noxla_flops)"
+  if xla_flops and not cfg.scan_layers:
+    xla, method = _flops(compiled), "compiled step as configured (layers unrolled)"
+  elif xla_flops:
+    start = time.perf_counter()
+    per_depth = []
+    for depth in (1, 2)[: min(cfg.depth, 2)]:
+      small = dataclasses.replace(cfg, depth=depth, scan_layers=False)
+      per_depth.append(_flops(_compile(config, plan, small)[0]))
+    per_layer = per_depth[1] - per_depth[0] if len(per_depth) == 2 else 0.0
+    xla = per_depth[0] + (cfg.depth - 1) * per_layer
+    flops_s = time.perf_counter() - start
+    method = (
+      "F(1) + (depth-1) x (F(2) - F(1)) from unrolled 1- and 2-layer compiles "
+      "(cost_analysis counts a scanned layer once)"
+    )
+  return Analysis(
+    config_name=config_name,
+    model=cfg,
+    num_params=num_params,
+    num_devices=plan.mesh.size,
+    mesh_shape=dict(plan.mesh.shape),
+    global_batch=plan.global_batch,
+    total_steps=plan.total_steps,
+    lower_s=lower_s,
+    compile_s=compile_s,
+    flops_compile_s=flops_s,
+    memory=memory,
+    analytic_bytes=analytic_bytes,
+    analytic_flops=metrics.train_flops_per_sequence(cfg) * plan.global_batch,
+    xla_flops_per_device=xla,
+    xla_flops_method=method,
+  )
+
+
+@dataclasses.dataclass
+class Estimate:
+  """The verdict and timing of an Analysis on a chip."""
+
+  chip: str
+  hbm_gib: float
+  peak_tflops: float
+  mfu: float
+  needs_gib: float
+  fits: bool
+  step_s: float
+  step_s_xla: float | None  # the XLA-counted FLOPs (recompute included) at the same utilisation
+  images_per_s: float
+  train_hours: float
+  chip_hours: float
+
+  @property
+  def verdict(self) -> str:
+    share = self.needs_gib / self.hbm_gib
+    needs = f"needs {self.needs_gib:.3g} GiB of {self.hbm_gib:g} GiB"
+    if not self.fits:
+      return f"DOES NOT FIT: {needs} ({share:.0%})"
+    tight = " - tight: the runtime reserves part of HBM" if share > TIGHT else ""
+    return f"FITS: {needs} ({share:.0%}){tight}"
+
+
+def estimate(a: Analysis, chip: Chip, mfu: float, hbm_gib: float | None = None) -> Estimate:
+  """Fits-in-HBM and the time per step / to train.steps at `mfu` of the chip's bf16 peak."""
+  hbm = chip.hbm_gib if hbm_gib is None else hbm_gib
+  peak = metrics.peak_tflops(chip.device_kind)
+  if peak is None:
+    raise ValueError(f"no peak TFLOP/s in metrics.PEAK_TFLOPS for {chip.device_kind!r}")
+  needs = a.peak_bytes / GIB
+  step_s = a.analytic_flops / (a.num_devices * peak * 1e12 * mfu)
+  hours = a.total_steps * step_s / 3600
+  return Estimate(
+    chip=chip.name,
+    hbm_gib=hbm,
+    peak_tflops=peak,
+    mfu=mfu,
+    needs_gib=needs,
+    fits=needs <= hbm,
+    step_s=step_s,
+    step_s_xla=(
+      None if a.xla_flops_per_device is None else a.xla_flops_per_device / (peak * 1e12 * mfu)
+    ),
+    images_per_s=a.global_batch / step_s,
+    train_hours=hours,
+    chip_hours=hours * a.num_devices,
+  )
+
+
+def _bytes(n: float) -> str:
+  return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 2**20:.2f} MiB"
+
+
+def _flop(n: float) -> str:
+  for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+    if n >= scale:
+      return f"{n / scale:.3f} {unit}"
+  return f"{n / 1e6:.3f} MFLOP"
+
+
+def _duration(seconds: float) -> str:
+  if seconds < 1:
+    return f"{seconds * 1e3:.2f} ms"
+  if seconds < 3600:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+  hours = seconds / 3600
+  return f"{hours:,.1f} h ({hours / 24:.2f} days)"
+
+
+def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) -> str:
+  """The human-readable report."""
+  cfg, m, ab = a.model, a.memory, a.analytic_bytes
+  n = a.num_devices
+  where = topology or f"{n} x {chip.name}"
+  mesh = " ".join(f"{k}={v}" for k, v in a.mesh_shape.items())
+  dp = a.mesh_shape.get("data", 1) * a.mesh_shape.get("fsdp", 1)
+  lines = [
+    f"RAR plan: {a.config_name} on {where} ({n} x {chip.device_kind}, {e.hbm_gib:g} GiB HBM, "
+    f"{e.peak_tflops:g} TFLOP/s bf16 peak per chip)",
+    f"  model    width {cfg.width}, depth {cfg.depth}, heads {cfg.heads}, mlp {cfg.mlp_dim}, "
+    f"{cfg.num_positions} positions; {a.num_params / 1e6:.2f}M params; {cfg.dtype} compute, "
+    f"scan_layers={cfg.scan_layers}, remat={cfg.remat_policy}",
+    f"  mesh     {mesh}; global batch {a.global_batch} = {a.global_batch // dp} per data shard; "
+    f"{a.total_steps:,} steps",
+    f"  compile  {a.compile_s:.1f} s (+ {a.lower_s:.1f} s lowering) on {n} simulated CPU devices"
+    + (
+      f"; + {a.flops_compile_s:.1f} s of compiles for the FLOP count" if a.flops_compile_s else ""
+    ),
+    "",
+    "Memory per device (XLA memory_analysis of the compiled step; the SPMD module is one "
+    "device's program)",
+    f"  arguments (params + optimizer state + batch)  {_bytes(m['argument']):>12}",
+    f"    analytic from the shardings: params {_bytes(ab['params'])}, optimizer "
+    f"{_bytes(ab['optimizer'])}, batch {_bytes(ab['batch'])}",
+    f"  outputs (new state + metrics)                 {_bytes(m['output']):>12}",
+    f"  alias (outputs reusing donated arguments)     {_bytes(m['alias']):>12}",
+    f"  temporaries (activations, gradients, ...)     {_bytes(m['temp']):>12}",
+    f"  generated code                                {_bytes(m['generated_code']):>12}",
+    f"  peak = arguments + outputs - alias + temporaries + code = {_bytes(a.peak_bytes)}",
+    e.verdict,
+  ]
+  if not e.fits:
+    lines.append(
+      "  to shrink it: --config.model.remat_policy=full (or dots), FSDP "
+      "--config.mesh.shape='(-1,N,1)' (shards params and optimizer state N ways), or fewer "
+      "sequences per device (train.global_batch, more chips)"
+    )
+  lines += [
+    "",
+    "FLOPs per step",
+    f"  analytic (metrics.train_flops_per_sequence x {a.global_batch}): "
+    f"{_flop(a.analytic_flops)} ({_flop(a.analytic_flops / n)} per device)",
+  ]
+  if a.xla_flops_per_device is not None:
+    xla = a.xla_flops_per_device
+    lines += [
+      f"  XLA cost_analysis (reported per device) x {n}: {_flop(xla * n)} "
+      f"({_flop(xla)} per device); XLA / analytic = {xla * n / a.analytic_flops:.3f}",
+      f"    method: {a.xla_flops_method}.",
+      "    XLA also counts element-wise ops, the optimizer update and the masked half of the",
+      "    attention matrices, which the analytic (model FLOPs) count leaves out.",
+    ]
+  else:
+    lines.append(f"  XLA cost_analysis: {a.xla_flops_method}")
+  lines += [
+    "",
+    f"Time at {e.mfu:.0%} MFU of the bf16 peak (analytic model FLOPs) on {n} x {chip.name}",
+    f"  step {_duration(e.step_s)}; {e.images_per_s:,.0f} images/s; {a.total_steps:,} steps "
+    f"= {_duration(e.train_hours * 3600)} = {e.chip_hours:,.1f} chip-hours",
+  ]
+  if e.step_s_xla is not None:
+    lines.append(
+      f"  XLA's FLOP count (remat recompute included) at {e.mfu:.0%} of peak instead: step "
+      f"{_duration(e.step_s_xla)}, {a.total_steps:,} steps = "
+      f"{_duration(a.total_steps * e.step_s_xla)}"
+    )
+  lines += [
+    "",
+    "Caveats: compiled by XLA:CPU as a stand-in; TPU/GPU compilers fuse and lay out buffers",
+    "differently, and the runtime reserves some HBM. The time ignores communication and input",
+    "stalls beyond what the MFU assumes.",
+  ]
+  if cfg.dtype == "bfloat16":
+    lines.append(
+      "bf16: XLA:CPU computes bf16 matmuls in f32 (its compiled step has only f32 dots), so the "
+      "temporaries are likely on the high side of what a TPU/GPU needs."
+    )
+  if chip.is_gpu:
+    lines.append(
+      "GPU: JAX preallocates 75% of GPU memory by default; set "
+      "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 for a tight fit."
+    )
+  return "\n".join(lines)
+
+
+def to_json(a: Analysis, e: Estimate, topology: str | None) -> dict[str, Any]:
+  return {
+    "config": a.config_name,
+    "topology": topology,
+    "chip": e.chip,
+    "num_devices": a.num_devices,
+    "mesh": a.mesh_shape,
+    "global_batch": a.global_batch,
+    "total_steps": a.total_steps,
+    "model": dataclasses.asdict(a.model),
+    "num_params": a.num_params,
+    "compile_s": a.compile_s,
+    "memory_bytes": a.memory,
+    "analytic_bytes": a.analytic_bytes,
+    "peak_bytes": a.peak_bytes,
+    "analytic_flops": a.analytic_flops,
+    "xla_flops_per_device": a.xla_flops_per_device,
+    "xla_flops_method": a.xla_flops_method,
+    "estimate": dataclasses.asdict(e),
+    "verdict": e.verdict,
+  }
+
+
+def _define_flags(argv: list[str]) -> flags.FlagValues:
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+    "config", None, "Config file and argument, e.g. configs/imagenet.py:XL.",
+    flag_values=values, lock_config=True, sys_argv=argv,
+  )  # fmt: skip
+  flags.DEFINE_integer("devices", None, "Chips (JAX devices) to plan for.", flag_values=values)
+  flags.DEFINE_string(
+    "topology", None, "e.g. v5p-128 (64 chips), v6e-64, v5litepod-16, h100-8.", flag_values=values
+  )
+  flags.DEFINE_string(
+    "chip", None, f"One of {sorted(CHIPS)}; default from --topology, else {DEFAULT_CHIP}.",
+    flag_values=values,
+  )  # fmt: skip
+  flags.DEFINE_float(
+    "mfu", 0.5, "Model FLOPs utilisation assumed for the time.", flag_values=values
+  )
+  flags.DEFINE_float("hbm_gib", None, "Override the chip's HBM (GiB).", flag_values=values)
+  flags.DEFINE_bool(
+    "xla_flops", True, "Also count FLOPs with XLA (2 extra small compiles when scanned).",
+    flag_values=values,
+  )  # fmt: skip
+  flags.DEFINE_string("json_out", None, "Also write the numbers as JSON here.", flag_values=values)
+  return values
+
+
+def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
+  """Parses argv (argv[0] is the program), compiles, and returns the analysis and report."""
+  argv = list(argv)
+  values = _define_flags(argv)
+  values(argv)
+  if values.config is None:
+    raise ValueError("give --config=<file>[:<arg>], e.g. --config=configs/imagenet.py:XL")
+  topology = values.topology
+  chip, count = (None, None)
+  if topology:
+    chip, count = parse_topology(topology)
+  if values.chip:
+    named = chip_by_name(values.chip)
+    if chip is not None and named.name != chip.name:
+      raise ValueError(f"--chip={values.chip} contradicts --topology={topology}")
+    chip = named
+  chip = chip or CHIPS[DEFAULT_CHIP]
+  if values.devices is not None:
+    if count is not None and values.devices != count:
+      raise ValueError(f"--devices={values.devices} but --topology={topology} is {count} chips")
+    count = values.devices
+  if not count or count <= 0:
+    raise ValueError("give --devices=N or --topology=<chip>-<N>")
+  if not 0 < values.mfu <= 1:
+    raise ValueError(f"--mfu must be in (0, 1], got {values.mfu}")
+  available = jax.devices()
+  if len(available) < count:
+    raise RuntimeError(
+      f"{count} devices requested but jax has {len(available)}: "
+      "run as `python -m rar_jax.tools.plan` "
+      "(it sets XLA_FLAGS=--xla_force_host_platform_device_count before jax starts)"
+    )
+  config_name = _flag_value(argv, "config") or ""
+  analysis = analyze(values.config, available[:count], config_name, values.xla_flops)
+  est = estimate(analysis, chip, values.mfu, values.hbm_gib)
+  text = render(analysis, est, chip, topology)
+  if values.json_out:
+    with open(values.json_out, "w") as f:
+      json.dump(to_json(analysis, est, topology), f, indent=2)
+  return analysis, est, text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(__doc__)
+    print(_define_flags(argv[:1]).get_help())
+    return 0
+  try:
+    _, est, text = run(argv)
+  except (ValueError, flags.Error) as e:
+    print(f"rar_jax.tools.plan: {e}", file=sys.stderr)
+    return 2
+  del est
+  print(text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,52 @@
+"""Optimizer: global-norm clipping, then AdamW with the official weight-decay mask, on a linear
+warmup + cosine learning-rate schedule (rar_official.md section 2.4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+
+from rar_jax.model import convert
+from rar_jax.model.presets import ModelConfig
+
+
+def learning_rate_schedule(
+  base_lr: float, warmup_steps: int, total_steps: int, end_lr: float
+) -> optax.Schedule:
+  """Linear warmup from 0 to base_lr over warmup_steps, then cosine to end_lr at total_steps."""
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = base_lr * step / max(warmup_steps, 1)
+    progress = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+    cosine = end_lr + (base_lr - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(step < warmup_steps, warm, cosine)
+
+  return schedule
+
+
+def make_optimizer(
+  optim_cfg: Mapping[str, Any], model_cfg: ModelConfig, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Builds the optax chain and its schedule from the config's `optim` group.
+
+  Keys: lr, end_lr, warmup_steps, b1, b2, eps, weight_decay, grad_clip_norm.
+  """
+  schedule = learning_rate_schedule(
+    optim_cfg["lr"], optim_cfg["warmup_steps"], total_steps, optim_cfg["end_lr"]
+  )
+  tx = optax.chain(
+    optax.clip_by_global_norm(optim_cfg["grad_clip_norm"]),
+    optax.adamw(
+      schedule,
+      b1=optim_cfg["b1"],
+      b2=optim_cfg["b2"],
+      eps=optim_cfg["eps"],
+      weight_decay=optim_cfg["weight_decay"],
+      mask=convert.weight_decay_mask(model_cfg),
+    ),
+  )
+  return tx, schedule

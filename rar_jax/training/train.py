@@ -1,0 +1,199 @@
+"""The training job: `train_and_evaluate(config, workdir)`.
+
+Wiring only: config validation, mesh, data, state (restored or created sharded), the compiled
+step, and the loop with checkpoints, metrics, preemption handling and periodic sample grids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from rar_jax import sharding
+from rar_jax.data import datasets, pipeline
+from rar_jax.model import presets
+from rar_jax.model.presets import ModelConfig
+from rar_jax.sampling import export
+from rar_jax.training import (
+  checkpointing,
+  metrics,
+  optim,
+  previews,
+  randomization,
+  train_state,
+  train_step,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the config resolves to, checked before anything compiles."""
+
+  model: ModelConfig
+  mesh: jax.sharding.Mesh
+  total_steps: int
+  anneal: tuple[int, int]
+  global_batch: int
+
+
+def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
+  """Validates the config against the devices; raises ValueError naming the bad key/value."""
+  model_cfg = presets.resolve(config.model)
+  total = config.train.steps
+  if total <= 0:
+    raise ValueError(f"train.steps must be positive, got {total}")
+  for key in ("checkpoint.every_steps", "train.log_every"):
+    group, name = key.split(".")
+    if config[group][name] <= 0:
+      raise ValueError(f"{key} must be positive, got {config[group][name]}")
+  if config.eval.grid_every < 0:
+    raise ValueError(f"eval.grid_every must be >= 0 (0 = off), got {config.eval.grid_every}")
+  anneal = randomization.anneal_steps(config.randomness, total)
+  mesh = sharding.make_mesh(config.mesh.shape, config.mesh.dcn_data, devices)
+  if jax.process_count() > 1 and mesh.shape["tensor"] > jax.local_device_count():
+    raise ValueError(
+      f"mesh tensor axis {mesh.shape['tensor']} spans hosts ({jax.local_device_count()} devices "
+      "each): each host feeds its own batch rows, so keep mesh.shape[2] within a host"
+    )
+  dp = sharding.data_parallel_size(mesh)
+  batch = config.train.global_batch
+  if batch <= 0 or batch % dp:
+    raise ValueError(
+      f"train.global_batch={batch} is not divisible by the data-parallel size {dp} "
+      f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})"
+    )
+  return Plan(model_cfg, mesh, total, anneal, batch)
+
+
+class PreemptionGuard:
+  """SIGTERM (TPU maintenance, spot VMs) asks the loop to checkpoint and exit cleanly. With
+  several processes, Orbax's preemption sync point makes every host stop at the same step."""
+
+  def __init__(self):
+    self.requested = False
+    # With several processes, JAX's own preemption notifier holds SIGTERM; keep it.
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: checkpointing at the current step, then exiting")
+    self.requested = True
+
+  def should_stop(self, step: int, manager: Any) -> bool:
+    """Whether to checkpoint now and stop (every process agrees on the step)."""
+    if jax.process_count() > 1:
+      return manager.reached_preemption(step)
+    return self.requested
+
+  def close(self) -> None:
+    """Restores the previous SIGTERM handler."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _compile_step(
+  plan: Plan,
+  config: ml_collections.ConfigDict,
+  optimizer: tuple[Any, Any],
+  abstract: train_state.TrainState,
+  rules: sharding.Rules,
+):
+  """The step compiled ahead of time for the abstract state and batch; logs its memory."""
+  sc = train_step.StepConfig(plan.model, *plan.anneal, config.randomness.label_dropout)
+  compiled, lower_s, compile_s = train_step.compile_train_step(
+    sc, *optimizer, plan.mesh, abstract, plan.global_batch, rules
+  )
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    logging.info(
+      "Train step compiled in %.1fs; per device: arguments %.1f MiB, temporaries %.1f MiB",
+      lower_s + compile_s,
+      memory.argument_size_in_bytes / 2**20,
+      memory.temp_size_in_bytes / 2**20,
+    )
+  return compiled, lower_s + compile_s
+
+
+def _restore_or_init(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  plan: Plan,
+  tx: Any,
+  rules: sharding.Rules,
+  data_iter: Any,
+):
+  """(manager, abstract state, state): the newest good checkpoint, else a fresh sharded state."""
+  manager = checkpointing.make_manager(workdir, config.checkpoint)
+  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, rules)
+  state = checkpointing.restore_latest(manager, abstract, data_iter)
+  if state is None:
+    state = train_state.init_sharded(plan.model, tx, config.seed, plan.mesh, rules)
+  return manager, abstract, state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
+  """Trains (or resumes) the model described by config, writing everything under workdir."""
+  plan = resolve(config)
+  rules = sharding.LOGICAL_RULES
+  data_dir = datasets.prepare(config.data, plan.model)
+  data_iter = iter(
+    pipeline.make_dataset(
+      data_dir,
+      global_batch=plan.global_batch,
+      seed=config.seed,
+      worker_count=config.data.worker_count,
+      read_threads=config.data.read_threads,
+    )
+  )
+  export.write_workdir_config(workdir, config)
+  optimizer = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
+  manager, abstract, state = _restore_or_init(config, workdir, plan, optimizer[0], rules, data_iter)
+  step = int(state.step)
+  compiled, compile_s = _compile_step(plan, config, optimizer, abstract, rules)
+
+  writer = metric_writers.create_default_writer(
+    workdir, just_logging=jax.process_index() > 0, asynchronous=True
+  )
+  if step == 0:
+    writer.write_hparams(config.to_dict())
+  writer.write_scalars(step, {"compile_time_s": compile_s})
+  logger = metrics.TrainMetrics(writer, plan.model, plan.global_batch, config.train.log_every)
+  progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=writer)
+  preview = previews.Previews(config, plan.model, plan.mesh)
+  batch_sh = sharding.batch_sharding(plan.mesh)
+  guard = PreemptionGuard()
+  try:
+    while step < plan.total_steps:
+      state, step_metrics = compiled(state, pipeline.to_global(next(data_iter), batch_sh))
+      step += 1
+      logger.push(step, step_metrics)
+      progress(step)
+      preview.maybe_write_grid(step, state.params, writer)
+      preempted = guard.should_stop(step, manager)
+      last = preempted or step == plan.total_steps
+      if last or step % config.checkpoint.every_steps == 0:
+        logger.flush()  # verifies this step is finite before it is saved
+        checkpointing.save(manager, step, state, data_iter, force=last)
+      if preempted:
+        logging.warning("Stopped at step %d after SIGTERM; checkpoint written", step)
+        break
+    logger.flush()
+    if step == plan.total_steps:
+      with progress.timed("final_samples"):
+        result = preview.final_report(state.params, workdir)
+      if result:
+        writer.write_scalars(step, {"sample_accuracy": result["accuracy"]})
+        logging.info("Sample score at step %d: %s", step, result)
+  finally:
+    guard.close()
+    manager.wait_until_finished()
+    writer.flush()
+  return state
