@@ -37,7 +37,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MANIFEST = "sweep.json"
 SAMPLE_SCORE = "sample_score.json"
 # What precedes the rar_jax.main arguments in each mode; tpu/gpu also get WORKDIR=<workdir>.
