@@ -105,13 +105,13 @@ class Previews:
         Image.fromarray(grid).save(f, format="PNG")
     if not self.config.eval.score:
       return None
-    result = score(self.config.eval.score, images, classes)
+    result = score(self.config.eval.score, images, classes, self.cfg.num_classes)
     if jax.process_index() == 0:
       atomic_files.write_text(os.path.join(workdir, SCORE_FILE), json.dumps(result, indent=2))
     return result
 
 
-def score(name: str, images: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
+def score(name: str, images: np.ndarray, classes: np.ndarray, num_classes: int) -> dict[str, Any]:
   """Quality score of samples by their conditioning classes."""
   if name != "digits":
     raise ValueError(f"unknown eval.score {name!r}; the only scorer is 'digits'")
@@ -119,4 +119,4 @@ def score(name: str, images: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
     digits_score,  # noqa: PLC0415 - scikit-learn only when scoring digits
   )
 
-  return digits_score.score(images, classes)
+  return digits_score.score(images, classes, num_classes)
