@@ -25,6 +25,7 @@ from absl import app, flags
 from rar_jax import host_memory, sharding
 from rar_jax.model import presets
 from rar_jax.sampling import decoding
+from rar_jax.tools import chips
 from rar_jax.training import metrics, optim, train_state, train_step
 
 OPTIM = dict(
@@ -65,7 +66,7 @@ def peak_tflops(dtype: Any) -> tuple[float, str]:
   device = jax.devices()[0]
   if device.platform == "cpu":
     return matmul_peak_tflops(dtype), "measured matmul"
-  table = metrics.peak_tflops(device.device_kind)
+  table = chips.peak_tflops(device.device_kind)
   return (table, "chip table") if table else (float("nan"), "unknown chip")
 
 

@@ -237,9 +237,7 @@ class Estimate:
 def estimate(a: Analysis, chip: Chip, mfu: float, hbm_gib: float | None = None) -> Estimate:
   """Fits-in-HBM and the time per step / to train.steps at `mfu` of the chip's bf16 peak."""
   hbm = chip.hbm_gib if hbm_gib is None else hbm_gib
-  peak = metrics.peak_tflops(chip.device_kind)
-  if peak is None:
-    raise ValueError(f"no peak TFLOP/s in metrics.PEAK_TFLOPS for {chip.device_kind!r}")
+  peak = chip.peak_tflops
   needs = a.peak_bytes / GIB
   step_s = a.analytic_flops / (a.num_devices * peak * 1e12 * mfu)
   hours = a.total_steps * step_s / 3600
