@@ -13,7 +13,7 @@ from configs import digits
 from rar_jax import sharding, tokenizers
 from rar_jax.data import pipeline
 from rar_jax.model import convert, presets
-from rar_jax.sampling import decoding, export, sample
+from rar_jax.sampling import decoding, export, images, sample
 from rar_jax.training import checkpointing, optim, train_state
 from tests import train_worker
 
@@ -124,13 +124,11 @@ def test_sample_set_is_resumable_and_adm_formatted(trained_workdir, tmp_path):
 
 
 def test_uint8_conversion_truncates_and_grid_layout():
-  from rar_jax.training import previews
-
   x = np.array([-0.5, 0.0, 0.5, 0.999, 1.0, 2.0], np.float32)
-  assert previews.to_uint8(x).tolist() == [0, 0, 127, 254, 255, 255]
-  images = np.zeros((6, 8, 8, 3), np.uint8)
-  images[4] = 255  # row 1, column 1 of a 3-column grid
-  grid = previews.image_grid(images, columns=3, min_cell=16, gap=2)
+  assert images.to_uint8(x).tolist() == [0, 0, 127, 254, 255, 255]
+  pictures = np.zeros((6, 8, 8, 3), np.uint8)
+  pictures[4] = 255  # row 1, column 1 of a 3-column grid
+  grid = images.image_grid(pictures, columns=3, min_cell=16, gap=2)
   assert grid.shape == (2 * 18 + 2, 3 * 18 + 2, 3)
   assert (grid[18 + 2 : 18 + 18, 18 + 2 : 18 + 18] == 255).all()
   assert (grid[2:18, 2:18] == 0).all() and (grid[0:2] == 128).all()
