@@ -37,7 +37,7 @@ def trained_workdir(tmp_path_factory):
   state = train_state.init_sharded(cfg, tx, 0, mesh)
   data_dir = train_worker.write_random_dataset(os.path.join(workdir, "data"))
   data_iter = iter(pipeline.make_dataset(data_dir, global_batch=8, seed=0))
-  export.write_workdir_config(workdir, config)
+  checkpointing.write_workdir_config(workdir, config)
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   checkpointing.save(manager, 7, state, data_iter, force=True)
   manager.wait_until_finished()
@@ -46,7 +46,7 @@ def trained_workdir(tmp_path_factory):
 
 def test_export_from_workdir_loads_on_another_mesh(trained_workdir, tmp_path):
   workdir, params = trained_workdir
-  config = export.read_workdir_config(workdir)
+  config = checkpointing.read_workdir_config(workdir)
   cfg = presets.resolve(config.model)
   restored = export.params_from_workdir(workdir, None, cfg, sharding.make_mesh((2, 2, 2)))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), params)
@@ -97,7 +97,7 @@ def test_class_schedule_is_contiguous_and_balanced():
 
 def test_sample_set_is_resumable_and_adm_formatted(trained_workdir, tmp_path):
   workdir, params = trained_workdir
-  config = export.read_workdir_config(workdir)
+  config = checkpointing.read_workdir_config(workdir)
   cfg = presets.resolve(config.model)
   export.write(str(tmp_path / "exp"), params, cfg, config)
   exp = export.load(str(tmp_path / "exp"))

@@ -244,6 +244,15 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = shardi
   return sharding.logical_shardings(abstract_params(cfg), mesh, rules)
 
 
+def sharded_abstract_params(
+  cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = sharding.LOGICAL_RULES, dtype: Any = None
+) -> Params:
+  """Unboxed parameter ShapeDtypeStructs (float32, or `dtype`) with their mesh shardings: the
+  target for restoring parameters (exports, checkpoints) onto any mesh."""
+  shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+  return sharding.abstract_arrays(shapes, param_shardings(cfg, mesh, rules), dtype)
+
+
 def init_params_sharded(
   cfg: ModelConfig, key: Array, mesh: Mesh, rules: sharding.Rules = sharding.LOGICAL_RULES
 ) -> Params:
