@@ -218,7 +218,8 @@ def variables(state):
 
 @pytest.fixture(scope="module")
 def init_shapes():
-  return jax.eval_shape(lambda: inception.init_variables(jax.random.key(0)))
+  images = jnp.zeros((1, inception.INPUT_SIZE, inception.INPUT_SIZE, 3), jnp.float32)
+  return jax.eval_shape(lambda: dict(inception.InceptionV3().init(jax.random.key(0), images)))
 
 
 def test_network_output_shapes(init_shapes):

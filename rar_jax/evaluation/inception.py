@@ -321,12 +321,6 @@ class InceptionV3(nn.Module):
     return InceptionFeatures(pool, spatial, logits)
 
 
-def init_variables(rng: Array, image_size: int = INPUT_SIZE) -> Variables:
-  """Random variables {"params", "batch_stats"} (Flax default init; for tests only)."""
-  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  return dict(InceptionV3().init(rng, images))
-
-
 # ---------------------------------------------------------------------------------------------
 # Jitted, data-parallel extractor.
 

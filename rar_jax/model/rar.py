@@ -235,10 +235,6 @@ def init_params(cfg: ModelConfig, key: Array) -> Params:
   return nn.unbox(_init(cfg, key))
 
 
-def count_params(params: Params) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))
-
-
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = sharding.LOGICAL_RULES):
   """NamedSharding of every parameter, from its logical axis names."""
   return sharding.logical_shardings(abstract_params(cfg), mesh, rules)
