@@ -25,7 +25,7 @@ from etils import epath
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from rar_jax import atomic_files, sharding
+from rar_jax import atomic_files, entry_points, sharding
 from rar_jax.model import convert, presets, rar
 from rar_jax.model.presets import ModelConfig
 from rar_jax.training import checkpointing
@@ -108,8 +108,9 @@ def params_from_workdir(workdir: str, step: int | None, cfg: ModelConfig, mesh: 
   return restored.state["params"]
 
 
-def _cli() -> None:
-  """Defines the flags (only when run as a script, so importers keep their own) and runs."""
+def cli() -> None:
+  """Console-script entry point (`rar-export`): defines the flags (only here, so importers keep
+  their own) and runs."""
   workdir = flags.DEFINE_string("workdir", None, "Training workdir to export from.")
   step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
   official = flags.DEFINE_string("official", None, "Official rar_*.bin (or .npz) to import.")
@@ -141,8 +142,8 @@ def _cli() -> None:
       write(output.value, params, cfg, config, dtype.value)
     print(f"wrote {output.value}")
 
-  app.run(main)
+  entry_points.run(main, __name__)
 
 
 if __name__ == "__main__":
-  _cli()
+  cli()

@@ -19,12 +19,12 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from rar_jax import atomic_files, distributed, host_memory, sharding, tokenizers
+from rar_jax import atomic_files, distributed, entry_points, host_memory, sharding, tokenizers
 from rar_jax.sampling import decoding, export, images
 
 SAMPLES_FILE = "samples.npz"
@@ -100,7 +100,9 @@ def assemble(out: epath.Path, num_samples: int, num_classes: int, batch_size: in
   atomic_files.write_bytes(out / GRID_FILE, images.png_bytes(grid))
 
 
-def _cli() -> None:
+def cli() -> None:
+  """Console-script entry point (`rar-sample`): defines the flags (only here, so importers keep
+  their own) and runs."""
   export_dir = flags.DEFINE_string("export", None, "Export directory (rar_jax.sampling.export).")
   output = flags.DEFINE_string("output", None, "Output directory (local or gs://).")
   num_samples = flags.DEFINE_integer("num_samples", 50_000, "Images to generate.")
@@ -140,8 +142,8 @@ def _cli() -> None:
       rate = num_samples.value / (time.perf_counter() - start)
       logging.info("Wrote %s (%.2f images/s this run)", out / SAMPLES_FILE, rate)
 
-  app.run(main)
+  entry_points.run(main, __name__)
 
 
 if __name__ == "__main__":
-  _cli()
+  cli()

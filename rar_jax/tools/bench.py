@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from rar_jax import host_memory, sharding
+from rar_jax import entry_points, host_memory, sharding
 from rar_jax.model import presets
 from rar_jax.sampling import decoding
 from rar_jax.tools import chips
@@ -149,7 +149,9 @@ def _vqgan_decoder(mesh):
   return tok.decode
 
 
-def _cli() -> None:
+def cli() -> None:
+  """Console-script entry point (`rar-bench`): defines the flags (only here, so importers keep
+  their own) and runs."""
   flags.DEFINE_string("variant", None, "B/L/XL/XXL preset; explicit sizes override it.")
   flags.DEFINE_integer("width", None, "Model width.")
   flags.DEFINE_integer("depth", None, "Number of blocks.")
@@ -221,8 +223,8 @@ def _cli() -> None:
       flush=True,
     )
 
-  app.run(main)
+  entry_points.run(main, __name__)
 
 
 if __name__ == "__main__":
-  _cli()
+  cli()
