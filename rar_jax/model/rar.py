@@ -62,7 +62,7 @@ class BlockStack(nn.Module):
     block = _block_class(cfg)
     if cfg.scan_layers:
       if cache is not None:
-        raise ValueError("KV-cache decoding needs unscanned layers: use model.unscan(cfg, params)")
+        raise ValueError("KV-cache decoding needs unscanned layers: use rar.unscan(cfg, params)")
       scanned = nn.scan(
         block,
         variable_axes={"params": 0},
