@@ -12,7 +12,9 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+import tests
+
+ROOT = pathlib.Path(tests.__file__).resolve().parent.parent  # wherever this file sits
 
 # Each command and a flag its help must list.
 COMMANDS = {

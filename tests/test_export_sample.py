@@ -17,7 +17,7 @@ from rar_jax.sampling import decoding, export, images, sample
 from rar_jax.training import checkpointing, optim, train_state
 from tests import train_worker
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(train_worker.__file__)))
 
 
 def _digits_config():
