@@ -1,4 +1,5 @@
-"""Defaults shared by every training config: the official RAR recipe (rar_official.md 2)."""
+"""Defaults shared by every training config: the official RAR recipe (docs/official_code.md,
+training)."""
 
 import ml_collections
 from ml_collections.config_dict import placeholder

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmarks of the README, in one call (e.g. on a single H100/H200):
+# The GPU benchmarks (docs/gpu.md), in one call (e.g. on a single H100/H200):
 #   RAR-B training, bf16, at a batch that fills the chip (full remat), and
 #   RAR-XL sampling with guidance at batch 256, bf16, VQGAN decoding included.
 # Prints one JSON line per measurement (rar_jax.tools.bench). --dry-run prints the commands only.

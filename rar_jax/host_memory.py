@@ -3,10 +3,9 @@
 XLA:CPU allocates every temporary and output buffer with malloc. glibc serves allocations above
 its mmap threshold (and every large allocation made from a thread arena) with a fresh mmap and
 returns them to the OS on free, so each step of a training job touches hundreds of megabytes of
-new pages: on a 2-core machine ~170k page faults and ~0.28 s of kernel time per step of the
-benchmark model. Keeping freed memory in one heap for reuse removes those faults (measured in
-the README). The process then holds on to its peak heap, which is what a training loop reuses
-every step anyway.
+new pages: page faults and kernel time on every step. Keeping freed memory in one heap for
+reuse removes those faults (measured in docs/performance.md). The process then holds on to its
+peak heap, which is what a training loop reuses every step anyway.
 """
 
 from __future__ import annotations

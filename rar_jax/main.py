@@ -1,4 +1,4 @@
-"""Entry point of the training job.
+"""Entry point of the training job (also the console script `rar-train`).
 
   python -m rar_jax.main --config=configs/digits.py --workdir=workdirs/digits
   python -m rar_jax.main --config=configs/imagenet.py:XL --workdir=gs://bucket/rar_xl \
@@ -10,7 +10,7 @@ Any config key can be overridden with --config.<key>=<value>.
 from absl import app, flags
 from ml_collections import config_flags
 
-from rar_jax import distributed, host_memory
+from rar_jax import distributed, entry_points, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file and argument, e.g. configs/imagenet.py:L.", lock_config=True
@@ -29,5 +29,10 @@ def main(argv: list[str]) -> None:
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
+def cli() -> None:
+  """Console-script entry point (`rar-train`)."""
+  entry_points.run(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

@@ -138,3 +138,11 @@ def activate(mesh: Mesh, rules: Rules = LOGICAL_RULES) -> Iterator[None]:
   """Sets the mesh and the logical rules, so annotated code lowers to mesh shardings."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield
+
+
+def abstract_arrays(shapes: Any, shardings: Any, dtype: Any = None) -> Any:
+  """ShapeDtypeStructs (shapes' dtype, or `dtype`) carrying the given shardings, leaf by leaf:
+  the restore targets for Orbax and the inputs for ahead-of-time compiles."""
+  return jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype or s.dtype, sharding=sh), shapes, shardings
+  )

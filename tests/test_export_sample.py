@@ -13,11 +13,11 @@ from configs import digits
 from rar_jax import sharding, tokenizers
 from rar_jax.data import pipeline
 from rar_jax.model import convert, presets
-from rar_jax.sampling import decoding, export, sample
+from rar_jax.sampling import decoding, export, images, sample
 from rar_jax.training import checkpointing, optim, train_state
 from tests import train_worker
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(train_worker.__file__)))
 
 
 def _digits_config():
@@ -37,7 +37,7 @@ def trained_workdir(tmp_path_factory):
   state = train_state.init_sharded(cfg, tx, 0, mesh)
   data_dir = train_worker.write_random_dataset(os.path.join(workdir, "data"))
   data_iter = iter(pipeline.make_dataset(data_dir, global_batch=8, seed=0))
-  export.write_workdir_config(workdir, config)
+  checkpointing.write_workdir_config(workdir, config)
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   checkpointing.save(manager, 7, state, data_iter, force=True)
   manager.wait_until_finished()
@@ -46,7 +46,7 @@ def trained_workdir(tmp_path_factory):
 
 def test_export_from_workdir_loads_on_another_mesh(trained_workdir, tmp_path):
   workdir, params = trained_workdir
-  config = export.read_workdir_config(workdir)
+  config = checkpointing.read_workdir_config(workdir)
   cfg = presets.resolve(config.model)
   restored = export.params_from_workdir(workdir, None, cfg, sharding.make_mesh((2, 2, 2)))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), params)
@@ -97,7 +97,7 @@ def test_class_schedule_is_contiguous_and_balanced():
 
 def test_sample_set_is_resumable_and_adm_formatted(trained_workdir, tmp_path):
   workdir, params = trained_workdir
-  config = export.read_workdir_config(workdir)
+  config = checkpointing.read_workdir_config(workdir)
   cfg = presets.resolve(config.model)
   export.write(str(tmp_path / "exp"), params, cfg, config)
   exp = export.load(str(tmp_path / "exp"))
@@ -124,13 +124,11 @@ def test_sample_set_is_resumable_and_adm_formatted(trained_workdir, tmp_path):
 
 
 def test_uint8_conversion_truncates_and_grid_layout():
-  from rar_jax.training import previews
-
   x = np.array([-0.5, 0.0, 0.5, 0.999, 1.0, 2.0], np.float32)
-  assert previews.to_uint8(x).tolist() == [0, 0, 127, 254, 255, 255]
-  images = np.zeros((6, 8, 8, 3), np.uint8)
-  images[4] = 255  # row 1, column 1 of a 3-column grid
-  grid = previews.image_grid(images, columns=3, min_cell=16, gap=2)
+  assert images.to_uint8(x).tolist() == [0, 0, 127, 254, 255, 255]
+  pictures = np.zeros((6, 8, 8, 3), np.uint8)
+  pictures[4] = 255  # row 1, column 1 of a 3-column grid
+  grid = images.image_grid(pictures, columns=3, min_cell=16, gap=2)
   assert grid.shape == (2 * 18 + 2, 3 * 18 + 2, 3)
   assert (grid[18 + 2 : 18 + 18, 18 + 2 : 18 + 18] == 255).all()
   assert (grid[2:18, 2:18] == 0).all() and (grid[0:2] == 128).all()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rar_jax.evaluation import evaluate as evaluate_cli
-from rar_jax.evaluation import fid, inception, inception_weights
+from rar_jax.evaluation import fid, inception
 from rar_jax.evaluation.inception import InceptionFeatures
 
 
@@ -192,7 +192,7 @@ def _official_random_state(seed=0):
   BatchNorm near identity), so activations stay O(1) through the 94 conv layers."""
   rng = np.random.default_rng(seed)
   state = {}
-  for key, shape in inception_weights.official_shapes().items():
+  for key, shape in inception.official_shapes().items():
     if key.endswith("conv.weight"):
       fan_in = shape[1] * shape[2] * shape[3]
       value = rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / fan_in)
@@ -213,12 +213,13 @@ def state():
 
 @pytest.fixture(scope="module")
 def variables(state):
-  return inception_weights.load_weights(state)
+  return inception.load_weights(state)
 
 
 @pytest.fixture(scope="module")
 def init_shapes():
-  return jax.eval_shape(lambda: inception.init_variables(jax.random.key(0)))
+  images = jnp.zeros((1, inception.INPUT_SIZE, inception.INPUT_SIZE, 3), jnp.float32)
+  return jax.eval_shape(lambda: dict(inception.InceptionV3().init(jax.random.key(0), images)))
 
 
 def test_network_output_shapes(init_shapes):
@@ -237,7 +238,7 @@ def test_converter_builds_the_flax_tree(state, variables, init_shapes):
   init = init_shapes
   shapes = lambda tree: jax.tree.map(lambda a: (a.shape, jnp.dtype(a.dtype)), tree)
   assert shapes(variables) == shapes(dict(init))
-  assert sum(int(np.prod(s)) for s in inception_weights.official_shapes().values()) == 23_885_392
+  assert sum(int(np.prod(s)) for s in inception.official_shapes().values()) == 23_885_392
   conv = state["Mixed_6d.branch7x7_2.conv.weight"]  # (out, in, 1, 7)
   np.testing.assert_array_equal(
     variables["params"]["Mixed_6d"]["branch7x7_2"]["conv"]["kernel"], conv.transpose(2, 3, 1, 0)
@@ -247,7 +248,7 @@ def test_converter_builds_the_flax_tree(state, variables, init_shapes):
   np.testing.assert_array_equal(bn["var"], state["Conv2d_1a_3x3.bn.running_var"])
   # torch's BatchNorm step counters are accepted and ignored.
   counters = {"Mixed_5b.branch1x1.bn.num_batches_tracked": np.array(0, np.int64)}
-  inception_weights.load_weights({**state, **counters})
+  inception.load_weights({**state, **counters})
 
 
 def test_converter_rejects_bad_keys(state):
@@ -256,22 +257,22 @@ def test_converter_rejects_bad_keys(state):
   with pytest.raises(
     ValueError, match=r"missing key 'Mixed_7c.branch_pool.bn.running_mean'.*\(192,\)"
   ):
-    inception_weights.load_weights(missing)
+    inception.load_weights(missing)
   with pytest.raises(ValueError, match=r"unexpected key 'AuxLogits.fc.weight'.*\(1000, 768\)"):
-    inception_weights.load_weights({**state, "AuxLogits.fc.weight": np.zeros((1000, 768))})
+    inception.load_weights({**state, "AuxLogits.fc.weight": np.zeros((1000, 768))})
   with pytest.raises(
     ValueError, match=r"'fc.weight' has shape \(1000, 2048\), expected \(1008, 2048\)"
   ):
-    inception_weights.load_weights({**state, "fc.weight": np.zeros((1000, 2048))})
+    inception.load_weights({**state, "fc.weight": np.zeros((1000, 2048))})
 
 
 def test_load_weights_from_file(state, tmp_path):
   small = {k: v for k, v in state.items() if not k.startswith("Mixed")}
   np.savez(tmp_path / "partial.npz", **small)
   with pytest.raises(ValueError, match="missing key 'Mixed_5b"):
-    inception_weights.load_weights(tmp_path / "partial.npz")
+    inception.load_weights(tmp_path / "partial.npz")
   with pytest.raises(FileNotFoundError, match="nope.pth"):
-    inception_weights.load_weights(tmp_path / "nope.pth")
+    inception.load_weights(tmp_path / "nope.pth")
 
 
 def _tf1_resize_numpy(x, size):

@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rar_jax.data import pipeline, records
+from tests import train_worker
 
 SPEC = records.RecordSpec(seq_len=16, codebook_size=1024, num_classes=10)
 NUM_RECORDS = 96
@@ -26,7 +27,7 @@ def data_dir(tmp_path_factory) -> str:
     ids = np.arange(start, start + n)
     tokens = (ids[:, None] + 7 * np.arange(SPEC.seq_len)[None, :]) % SPEC.codebook_size
     path = os.path.join(data_dir, records.shard_filename("train", process, shard))
-    shards.append(records.write_shard(path, SPEC, tokens, ids % SPEC.num_classes))
+    shards.append(train_worker.write_shard(path, SPEC, tokens, ids % SPEC.num_classes))
     start += n
   meta = records.DatasetMetadata(
     tokenizer="test",
@@ -160,7 +161,7 @@ def test_to_global_on_mesh(data_dir):
     for shard in value.addressable_shards:
       assert shard.data.shape[0] == 2
       np.testing.assert_array_equal(np.asarray(shard.data), local[key][shard.index])
-  first = next(pipeline.global_batches(iter(ds), sharding))
+  first = pipeline.to_global(next(iter(ds)), sharding)
   np.testing.assert_array_equal(np.asarray(first["tokens"]), local["tokens"])
 
 

@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-LAUNCH = pathlib.Path(__file__).resolve().parent.parent / "launch"
+import tests
+
+LAUNCH = pathlib.Path(tests.__file__).resolve().parent.parent / "launch"
 TPU = LAUNCH / "tpu.sh"
 GPU = LAUNCH / "gpu.sh"
 

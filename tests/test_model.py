@@ -111,7 +111,7 @@ def test_parameter_counts_match_paper(variant, paper_millions):
   official = sum(int(np.prod(s)) for s in convert.official_shapes(cfg).values())
   assert abs(official / 1e6 - paper_millions) / paper_millions < 0.005
   # Ours holds exactly the official tensors minus the table rows no code path reads.
-  ours = rar.count_params(nn.unbox(rar.abstract_params(cfg)))
+  ours = sum(int(x.size) for x in jax.tree.leaves(nn.unbox(rar.abstract_params(cfg))))
   unread_rows = 2 * (presets.OFFICIAL_POS_EXTRA_ROWS - 2) + presets.OFFICIAL_TIMESTEP_EXTRA_ROWS - 2
   assert ours == official - unread_rows * cfg.width
 
@@ -236,13 +236,17 @@ def test_scan_and_remat_variants_compute_the_same_gradients():
       np.testing.assert_allclose(grads[key], results[0][1][key], atol=1e-6, err_msg=key)
 
 
-def test_dropout_bits_are_uniform_independent_and_sharding_invariant():
+def _hashed_bits(key, shape):
   from rar_jax.model import dropout
 
+  return dropout.bits_from_seeds(dropout.seeds_from_key(key), shape)
+
+
+def test_dropout_bits_are_uniform_independent_and_sharding_invariant():
   shape = (8, 4, 64, 66)
-  a = np.asarray(dropout.hashed_bits(jax.random.key(0), shape))
-  b = np.asarray(dropout.hashed_bits(jax.random.key(1), shape))
-  np.testing.assert_array_equal(a, np.asarray(dropout.hashed_bits(jax.random.key(0), shape)))
+  a = np.asarray(_hashed_bits(jax.random.key(0), shape))
+  b = np.asarray(_hashed_bits(jax.random.key(1), shape))
+  np.testing.assert_array_equal(a, np.asarray(_hashed_bits(jax.random.key(0), shape)))
   drop_a, drop_b = a < 0.1 * 2**32, b < 0.1 * 2**32
   assert abs(drop_a.mean() - 0.1) < 0.003
   assert abs((drop_a & drop_b).mean() - 0.01) < 0.002  # independent across keys
@@ -250,7 +254,7 @@ def test_dropout_bits_are_uniform_independent_and_sharding_invariant():
   assert abs((a >> 16).mean() / 2**16 - 0.5) < 0.005
   mesh = sharding.make_mesh((2, 2, 2))
   out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), "tensor"))
-  sharded = jax.jit(lambda k: dropout.hashed_bits(k, shape), out_shardings=out)(jax.random.key(0))
+  sharded = jax.jit(lambda k: _hashed_bits(k, shape), out_shardings=out)(jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(sharded), a)
 
 

@@ -9,6 +9,7 @@ import pytest
 from array_record.python import array_record_module
 
 from rar_jax.data import records
+from tests import train_worker
 
 SPEC = records.RecordSpec(seq_len=16, codebook_size=1024, num_classes=10)
 
@@ -37,7 +38,7 @@ def _write_dataset(data_dir, counts=(5, 7)) -> records.DatasetMetadata:
   shards, start = [], 0
   for i, n in enumerate(counts):
     path = os.path.join(data_dir, records.shard_filename("train", i, 0))
-    shards.append(records.write_shard(path, SPEC, *_rows(start, n)))
+    shards.append(train_worker.write_shard(path, SPEC, *_rows(start, n)))
     start += n
   meta = _metadata(shards)
   records.write_metadata(data_dir, meta)
@@ -106,7 +107,7 @@ def test_metadata_json_round_trip():
 
 def _bad_record_dataset(tmp_path, payload: bytes):
   """A dataset whose second shard's record 2 is `payload`; returns that shard's path."""
-  good = records.write_shard(tmp_path / "a.array_record", SPEC, *_rows(0, 4))
+  good = train_worker.write_shard(tmp_path / "a.array_record", SPEC, *_rows(0, 4))
   tokens, labels = _rows(4, 3)
   payloads = [SPEC.encode(t, int(label)) for t, label in zip(tokens, labels, strict=True)]
   payloads[2] = payload
@@ -143,7 +144,7 @@ def test_missing_shard_fails_at_start(tmp_path):
 def test_truncated_shard_fails_at_start(tmp_path):
   _write_dataset(tmp_path)
   path = tmp_path / records.shard_filename("train", 1, 0)
-  records.write_shard(path, SPEC, *_rows(0, 6))  # metadata says 7
+  train_worker.write_shard(path, SPEC, *_rows(0, 6))  # metadata says 7
   with pytest.raises(ValueError, match=re.escape(f"{path} holds 6 records") + ".* says 7"):
     records.TokenRecordSource(tmp_path)
   data = path.read_bytes()

@@ -15,6 +15,16 @@ import numpy as np
 SEQ_LEN, CODES, CLASSES = 16, 32, 10
 
 
+def write_shard(path, spec, tokens: np.ndarray, labels: np.ndarray):
+  """Writes tokens [N, seq_len] and labels [N] as one complete shard; returns its ShardInfo."""
+  from rar_jax.data import records
+
+  with records.ShardWriter(path, spec) as writer:
+    for row, label in zip(tokens, labels, strict=True):
+      writer.write(row, int(label))
+  return records.ShardInfo(os.path.basename(writer.path), writer.num_records)
+
+
 def write_random_dataset(data_dir: str, num_records: int = 96, seed: int = 0) -> str:
   from rar_jax.data import records
 
@@ -23,7 +33,7 @@ def write_random_dataset(data_dir: str, num_records: int = 96, seed: int = 0) ->
   rng = np.random.default_rng(seed)
   half = num_records // 2
   shards = tuple(
-    records.write_shard(
+    write_shard(
       os.path.join(data_dir, records.shard_filename("train", 0, i)),
       spec,
       rng.integers(0, CODES, (half, SEQ_LEN)),

@@ -8,7 +8,7 @@ save it with `grain.checkpoint.CheckpointSave(iterator)` inside an orbax `ocp.ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import grain
 import jax
@@ -89,15 +89,3 @@ def to_global(local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Shar
     key: jax.make_array_from_process_local_data(sharding, value)
     for key, value in local_batch.items()
   }
-
-
-def global_batches(
-  local_iterator: Iterator[Batch], sharding: jax.sharding.Sharding
-) -> Iterator[dict]:
-  """Yields `to_global` of each local batch.
-
-  Reads lazily, so checkpointing local_iterator between steps records exactly the batches
-  already yielded.
-  """
-  for local_batch in local_iterator:
-    yield to_global(local_batch, sharding)

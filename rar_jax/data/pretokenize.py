@@ -42,13 +42,13 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app, flags, logging
+from absl import flags, logging
 from array_record.python import array_record_module
 from ml_collections import config_flags
 from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import atomic_files, distributed, tokenizers
+from rar_jax import atomic_files, distributed, entry_points, tokenizers
 from rar_jax.data import augment, records
 from rar_jax.tokenizers import vqgan
 from rar_jax.tokenizers.pixel import PixelTokenizer
@@ -449,8 +449,9 @@ def ensure_digits(data_dir: str) -> records.DatasetMetadata:
   return run(make_config("digits"), data_dir, process_index=0, process_count=1)
 
 
-def _cli() -> None:
-  """Defines the flags (only when run as a script, so importers keep their own) and runs."""
+def cli() -> None:
+  """Console-script entry point (`rar-pretokenize`): defines the flags (only here, so importers keep
+  their own) and runs."""
   config = config_flags.DEFINE_config_file("config", None, "configs/pretokenize.py:<source>")
   output_dir = flags.DEFINE_string("output_dir", None, "Where to write shards + metadata.json.")
   index = flags.DEFINE_integer("process_index", None, "Default: jax.process_index().")
@@ -470,8 +471,8 @@ def _cli() -> None:
     meta = run(config.value, output_dir.value, process_index=index.value, process_count=count.value)
     logging.info("%s: %d records, %d shards", output_dir.value, meta.num_records, len(meta.shards))
 
-  app.run(main)
+  entry_points.run(main, __name__)
 
 
 if __name__ == "__main__":
-  _cli()
+  cli()

@@ -142,16 +142,6 @@ class ShardWriter:
       self.abort()
 
 
-def write_shard(
-  path: PathLike, spec: RecordSpec, tokens: np.ndarray, labels: np.ndarray
-) -> ShardInfo:
-  """Writes tokens [N, seq_len] and labels [N] as one complete shard."""
-  with ShardWriter(path, spec) as writer:
-    for row, label in zip(tokens, labels, strict=True):
-      writer.write(row, int(label))
-  return ShardInfo(os.path.basename(writer.path), writer.num_records)
-
-
 _METADATA_TYPES: dict[str, type] = {
   "record_format": str,
   "tokenizer": str,

@@ -28,12 +28,31 @@ def to_features(images: np.ndarray) -> np.ndarray:
   return np.round(grey * LEVELS).reshape(len(images), -1)
 
 
-def score(images: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
-  """{"accuracy", "per_class", "num_samples", "real_digits_accuracy"} of the samples."""
+def score(images: np.ndarray, classes: np.ndarray, num_classes: int) -> dict[str, Any]:
+  """{"accuracy", "per_class", "num_samples", "real_digits_accuracy"} of the samples.
+
+  Args:
+    images: uint8 [N, 8, 8, 3] samples.
+    classes: int [N], the class each sample was conditioned on, in [0, num_classes).
+    num_classes: the model's class count; per_class has exactly this many entries, entry c
+      being the accuracy on the samples of class c (None when class c has no sample).
+
+  Raises:
+    ValueError: classes and images differ in length, or a class id is outside [0, num_classes).
+  """
+  classes = np.asarray(classes)
+  if len(classes) != len(images):
+    raise ValueError(f"{len(images)} images but {len(classes)} class ids")
+  if len(classes) and (classes.min() < 0 or classes.max() >= num_classes):
+    raise ValueError(
+      f"class ids must be in [0, {num_classes}), got {classes.min()}..{classes.max()}"
+    )
   clf, real_accuracy = _classifier()
-  predicted = clf.predict(to_features(images))
-  correct = predicted == np.asarray(classes)
-  per_class = [float(correct[classes == c].mean()) for c in range(10) if (classes == c).any()]
+  correct = clf.predict(to_features(images)) == classes
+  per_class = [
+    float(correct[classes == c].mean()) if (classes == c).any() else None
+    for c in range(num_classes)
+  ]
   return {
     "accuracy": float(correct.mean()),
     "per_class": per_class,

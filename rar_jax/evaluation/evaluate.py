@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from rar_jax import host_memory
+from rar_jax import entry_points, host_memory
 
 
 def check_inputs(samples: str, reference: str, inception_weights: str) -> None:
@@ -47,7 +47,9 @@ def run(
   return fid.evaluate(samples, reference, extractor, distance_dtype=distance_dtype)
 
 
-def _cli() -> None:
+def cli() -> None:
+  """Console-script entry point (`rar-evaluate`): defines the flags (only here, so importers keep
+  their own) and runs."""
   samples = flags.DEFINE_string("samples", None, "Sample batch .npz (arr_0: uint8 [N, H, W, 3]).")
   reference = flags.DEFINE_string(
     "reference", None, "Reference batch .npz, e.g. VIRTUAL_imagenet256_labeled.npz."
@@ -79,8 +81,8 @@ def _cli() -> None:
     )
     print(json.dumps(metrics, indent=2))
 
-  app.run(main)
+  entry_points.run(main, __name__)
 
 
 if __name__ == "__main__":
-  _cli()
+  cli()

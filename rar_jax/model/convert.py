@@ -1,14 +1,16 @@
 """Official PyTorch RAR state dicts <-> rar_jax parameters, both ways.
 
-The official key names and shapes are in rar_official.md section 6. Every size comes from the
-ModelConfig. Rows the official position tables allocate but no code path reads (rows >= L + 2)
-are dropped on import and zero-filled on export; everything else round-trips exactly.
+The official key names and shapes are in docs/official_code.md (checkpoints). Every size comes
+from the ModelConfig. Rows the official position tables allocate but no code path reads
+(rows >= L + 2) are dropped on import and zero-filled on export; everything else round-trips
+exactly.
 
 Public calls:
   load_official(path_or_mapping, cfg) -> params      (a .bin/.pt/.npz path, or name -> array)
   from_official(state_dict, cfg) -> params
   to_official(params, cfg) -> state_dict              (loads strictly into the official RAR)
   save_official(params, cfg, path)
+  official_names(cfg) -> tree of official tensor names over our parameters
 """
 
 from __future__ import annotations
@@ -144,6 +146,26 @@ def official_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
+def official_names(cfg: ModelConfig) -> Params:
+  """Tree shaped like our parameters whose leaves are the official state-dict names (for
+  stacked, scanned layers: layer 0's name, `blocks.0.<key>`)."""
+  names: Params = {}
+  for key, rule in _top_rules(cfg).items():
+    _set(names, rule.path, key)
+
+  def layer(i: int) -> Params:
+    out: Params = {}
+    for key, rule in _block_rules(cfg).items():
+      _set(out, rule.path, f"blocks.{i}.{key}")
+    return out
+
+  if cfg.scan_layers:
+    names["blocks"] = {"layers": layer(0)}
+  else:
+    names["blocks"] = {f"layers_{i}": layer(i) for i in range(cfg.depth)}
+  return names
+
+
 def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
   for name in path[:-1]:
     tree = tree.setdefault(name, {})
@@ -209,40 +231,3 @@ def load_official(source: str | os.PathLike | Mapping[str, Any], cfg: ModelConfi
 def save_official(params: Params, cfg: ModelConfig, path: str | os.PathLike, **kwargs) -> None:
   """Writes an official-format state dict (.bin/.pt via torch, or .npz)."""
   torch_io.save_state_dict(to_official(params, cfg), path, **kwargs)
-
-
-# The official optimizer excludes from weight decay every tensor with ndim < 2 or whose name
-# contains one of these (utils/train_utils.py::create_optimizer).
-_NO_DECAY_SUBSTRINGS = (
-  "ln",
-  "bias",
-  "embedding",
-  "embed",
-  "norm",
-  "gamma",
-  "latent_tokens",
-  "mask_token",
-)
-
-
-def _official_decays(name: str, shape: tuple[int, ...]) -> bool:
-  return len(shape) >= 2 and not any(s in name for s in _NO_DECAY_SUBSTRINGS)
-
-
-def weight_decay_mask(cfg: ModelConfig) -> Params:
-  """Tree of bools over our parameters: True where the official recipe applies weight decay.
-
-  Decided on the official names, so e.g. `cls_token` is decayed and the whole
-  `adaln_before_head` is not ("adaln" contains "ln"), exactly as upstream.
-  """
-  mask: Params = {}
-  for key, rule in _top_rules(cfg).items():
-    _set(mask, rule.path, _official_decays(key, rule.official_shape))
-  layer: Params = {}
-  for key, rule in _block_rules(cfg).items():
-    _set(layer, rule.path, _official_decays(f"blocks.0.{key}", rule.official_shape))
-  if cfg.scan_layers:
-    mask["blocks"] = {"layers": layer}
-  else:
-    mask["blocks"] = {f"layers_{i}": layer for i in range(cfg.depth)}
-  return mask

@@ -52,11 +52,6 @@ def bits_from_seeds(
   return _mix32(_mix32(inner + seeds[0]) ^ _mix32(lead + seeds[1]))
 
 
-def hashed_bits(key: Array, shape: tuple[int, ...]) -> Array:
-  """uint32 random bits of `shape` for a PRNG key (see `bits_from_seeds`)."""
-  return bits_from_seeds(seeds_from_key(key), shape)
-
-
 def drop(
   x: Array,
   seeds: Array | None,

@@ -62,7 +62,7 @@ class BlockStack(nn.Module):
     block = _block_class(cfg)
     if cfg.scan_layers:
       if cache is not None:
-        raise ValueError("KV-cache decoding needs unscanned layers: use model.unscan(cfg, params)")
+        raise ValueError("KV-cache decoding needs unscanned layers: use rar.unscan(cfg, params)")
       scanned = nn.scan(
         block,
         variable_axes={"params": 0},
@@ -235,13 +235,18 @@ def init_params(cfg: ModelConfig, key: Array) -> Params:
   return nn.unbox(_init(cfg, key))
 
 
-def count_params(params: Params) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))
-
-
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = sharding.LOGICAL_RULES):
   """NamedSharding of every parameter, from its logical axis names."""
   return sharding.logical_shardings(abstract_params(cfg), mesh, rules)
+
+
+def sharded_abstract_params(
+  cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = sharding.LOGICAL_RULES, dtype: Any = None
+) -> Params:
+  """Unboxed parameter ShapeDtypeStructs (float32, or `dtype`) with their mesh shardings: the
+  target for restoring parameters (exports, checkpoints) onto any mesh."""
+  shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+  return sharding.abstract_arrays(shapes, param_shardings(cfg, mesh, rules), dtype)
 
 
 def init_params_sharded(

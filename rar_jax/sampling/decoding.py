@@ -13,7 +13,8 @@ on the same device when the batch is sharded, so the guidance combination needs 
 communication. Both rows are fed the same sampled token.
 
 Public calls:
-  SamplingConfig(guidance_scale, guidance_power, temperature, top_k, top_p)
+  SamplingConfig(guidance_scale, guidance_power, temperature, top_k, top_p), or
+  SamplingConfig.from_group(config.sampling, **overrides)
   generate(cfg, params, class_ids, key, sampling, orders=None) -> tokens [B, L] (raster layout)
   score(cfg, params, tokens, class_ids, sampling, orders=None) -> per-step logits [B, L, V]
   make_sampler(cfg, sampling) -> jitted fn(params, class_ids, key, orders=None) -> tokens
@@ -25,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -75,6 +76,14 @@ class SamplingConfig:
       raise ValueError(f"sampling.top_k must be >= 0 (0 is off), got {self.top_k!r}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p!r}")
+
+  @classmethod
+  def from_group(cls, group: Mapping[str, Any], **overrides: Any) -> SamplingConfig:
+    """From a config's `sampling` group (or an export's sampling dict); overrides that are not
+    None replace the group's values (e.g. command-line flags)."""
+    values = {f.name: group[f.name] for f in dataclasses.fields(cls) if f.name in group}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
 
   @property
   def guided(self) -> bool:

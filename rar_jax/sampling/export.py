@@ -25,13 +25,12 @@ from etils import epath
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from rar_jax import sharding
+from rar_jax import atomic_files, entry_points, sharding
 from rar_jax.model import convert, presets, rar
 from rar_jax.model.presets import ModelConfig
 from rar_jax.training import checkpointing
 
 EXPORT_FILE = "export.json"
-CONFIG_FILE = "config.json"  # written into every training workdir
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -44,22 +43,6 @@ class Export:
   sampling: dict[str, float]
   tokenizer: dict[str, Any]
   image_size: int
-
-
-def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Records the run's config beside its checkpoints (process 0), for export and sampling."""
-  if jax.process_index() == 0:
-    path = epath.Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / CONFIG_FILE).write_text(config.to_json(indent=2))
-
-
-def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a training workdir was run with (its config.json)."""
-  path = epath.Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: is {workdir} a rar_jax training workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def write(
@@ -83,7 +66,7 @@ def write(
     "image_size": int(config["image_size"]),
   }
   if jax.process_index() == 0:
-    (out / EXPORT_FILE).write_text(json.dumps(meta, indent=2))
+    atomic_files.write_text(out / EXPORT_FILE, json.dumps(meta, indent=2))
 
 
 def load(
@@ -97,13 +80,7 @@ def load(
   meta = json.loads(meta_path.read_text())
   cfg = presets.ModelConfig(**meta["model"]).validate()
   mesh = mesh or sharding.make_mesh()
-  shardings = rar.param_shardings(cfg, mesh, rules)
-  dtype = DTYPES[meta["dtype"]]
-  abstract = jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh),
-    jax.eval_shape(lambda: rar.init_params(cfg, jax.random.key(0))),
-    shardings,
-  )
+  abstract = rar.sharded_abstract_params(cfg, mesh, rules, DTYPES[meta["dtype"]])
   params = ocp.StandardCheckpointer().restore(root / "params", abstract)
   params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
   return Export(cfg, params, meta["sampling"], meta["tokenizer"], meta["image_size"])
@@ -117,11 +94,7 @@ def params_from_workdir(workdir: str, step: int | None, cfg: ModelConfig, mesh: 
   step = manager.latest_step() if step is None else step
   if step is None or step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}/checkpoints")
-  abstract = jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-    jax.eval_shape(lambda: rar.init_params(cfg, jax.random.key(0))),
-    rar.param_shardings(cfg, mesh),
-  )
+  abstract = rar.sharded_abstract_params(cfg, mesh)
   restored = manager.restore(
     step,
     args=ocp.args.Composite(
@@ -135,8 +108,9 @@ def params_from_workdir(workdir: str, step: int | None, cfg: ModelConfig, mesh: 
   return restored.state["params"]
 
 
-def _cli() -> None:
-  """Defines the flags (only when run as a script, so importers keep their own) and runs."""
+def cli() -> None:
+  """Console-script entry point (`rar-export`): defines the flags (only here, so importers keep
+  their own) and runs."""
   workdir = flags.DEFINE_string("workdir", None, "Training workdir to export from.")
   step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
   official = flags.DEFINE_string("official", None, "Official rar_*.bin (or .npz) to import.")
@@ -152,7 +126,7 @@ def _cli() -> None:
     if (workdir.value is None) == (official.value is None):
       raise app.UsageError("give exactly one of --workdir and --official")
     if workdir.value:
-      config = read_workdir_config(workdir.value)
+      config = checkpointing.read_workdir_config(workdir.value)
       cfg = presets.resolve(config.model)
       mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
       params = params_from_workdir(workdir.value, step.value, cfg, mesh)
@@ -168,8 +142,8 @@ def _cli() -> None:
       write(output.value, params, cfg, config, dtype.value)
     print(f"wrote {output.value}")
 
-  app.run(main)
+  entry_points.run(main, __name__)
 
 
 if __name__ == "__main__":
-  _cli()
+  cli()

@@ -19,17 +19,16 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 from jax.experimental import multihost_utils
-from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import atomic_files, distributed, host_memory, sharding, tokenizers
-from rar_jax.sampling import decoding, export
-from rar_jax.training import previews
+from rar_jax import atomic_files, distributed, entry_points, host_memory, sharding, tokenizers
+from rar_jax.sampling import decoding, export, images
 
 SAMPLES_FILE = "samples.npz"
+GRID_FILE = "grid.png"
 
 
 def class_schedule(num_samples: int, num_classes: int) -> np.ndarray:
@@ -74,36 +73,36 @@ def generate(
   key = jax.random.key(seed)
   for chunk in tqdm(todo, desc="chunks", disable=host != 0):
     rows = np.resize(classes[chunk * batch_size : (chunk + 1) * batch_size], batch_size)
-    tokens = decoding.sample_on_mesh(
-      sampler, mesh, exp.params, rows, jax.random.fold_in(key, chunk)
+    key_c = jax.random.fold_in(key, chunk)
+    mine = slice(host, None, hosts)  # each host decodes and writes every hosts-th row
+    pictures = images.sample_images(
+      sampler, mesh, exp.params, rows, key_c, tokenizer.decode, rows=mine
     )
-    tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
-    index = np.arange(chunk * batch_size, (chunk + 1) * batch_size)
-    mine = index[host::hosts]
-    keep = mine < num_samples
-    images = previews.to_uint8(tokenizer.decode(tokens[host::hosts]))
-    _write_npz(_chunk_path(out, chunk, host), images=images[keep], index=mine[keep])
+    index = np.arange(chunk * batch_size, (chunk + 1) * batch_size)[mine]
+    keep = index < num_samples
+    _write_npz(_chunk_path(out, chunk, host), images=pictures[keep], index=index[keep])
 
 
 def assemble(out: epath.Path, num_samples: int, num_classes: int, batch_size: int) -> None:
   """Process 0: chunks -> samples.npz (arr_0, labels) and grid.png."""
   num_chunks = -(-num_samples // batch_size)
-  images = None
+  pictures = None
   for c in range(num_chunks):
     for h in range(jax.process_count()):
       part = np.load(io.BytesIO(_chunk_path(out, c, h).read_bytes()))
-      if images is None:
-        images = np.zeros((num_samples, *part["images"].shape[1:]), np.uint8)
-      images[part["index"]] = part["images"]
-  with (out / SAMPLES_FILE).open("wb") as f:
-    np.savez(f, arr_0=images, labels=class_schedule(num_samples, num_classes))
-  columns = min(16, len(images))
-  grid = previews.image_grid(images[: columns * max(1, min(8, len(images) // columns))], columns)
-  with (out / "grid.png").open("wb") as f:
-    Image.fromarray(grid).save(f, format="PNG")
+      if pictures is None:
+        pictures = np.zeros((num_samples, *part["images"].shape[1:]), np.uint8)
+      pictures[part["index"]] = part["images"]
+  _write_npz(out / SAMPLES_FILE, arr_0=pictures, labels=class_schedule(num_samples, num_classes))
+  columns = min(16, len(pictures))
+  rows = max(1, min(8, len(pictures) // columns))
+  grid = images.image_grid(pictures[: columns * rows], columns)
+  atomic_files.write_bytes(out / GRID_FILE, images.png_bytes(grid))
 
 
-def _cli() -> None:
+def cli() -> None:
+  """Console-script entry point (`rar-sample`): defines the flags (only here, so importers keep
+  their own) and runs."""
   export_dir = flags.DEFINE_string("export", None, "Export directory (rar_jax.sampling.export).")
   output = flags.DEFINE_string("output", None, "Output directory (local or gs://).")
   num_samples = flags.DEFINE_integer("num_samples", 50_000, "Images to generate.")
@@ -124,11 +123,11 @@ def _cli() -> None:
     del argv
     distributed.initialize()
     exp = export.load(export_dir.value)
-    s = exp.sampling
-    settings = decoding.SamplingConfig(
-      guidance_scale=s["guidance_scale"] if guidance.value is None else guidance.value,
-      guidance_power=s["guidance_power"] if power.value is None else power.value,
-      temperature=s["temperature"] if temperature.value is None else temperature.value,
+    settings = decoding.SamplingConfig.from_group(
+      exp.sampling,
+      guidance_scale=guidance.value,
+      guidance_power=power.value,
+      temperature=temperature.value,
       top_k=top_k.value,
       top_p=top_p.value,
     )
@@ -143,8 +142,8 @@ def _cli() -> None:
       rate = num_samples.value / (time.perf_counter() - start)
       logging.info("Wrote %s (%.2f images/s this run)", out / SAMPLES_FILE, rate)
 
-  app.run(main)
+  entry_points.run(main, __name__)
 
 
 if __name__ == "__main__":
-  _cli()
+  cli()

@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from rar_jax import host_memory, sharding
+from rar_jax import entry_points, host_memory, sharding
 from rar_jax.model import presets
 from rar_jax.sampling import decoding
+from rar_jax.tools import chips
 from rar_jax.training import metrics, optim, train_state, train_step
 
 OPTIM = dict(
@@ -65,7 +66,7 @@ def peak_tflops(dtype: Any) -> tuple[float, str]:
   device = jax.devices()[0]
   if device.platform == "cpu":
     return matmul_peak_tflops(dtype), "measured matmul"
-  table = metrics.peak_tflops(device.device_kind)
+  table = chips.peak_tflops(device.device_kind)
   return (table, "chip table") if table else (float("nan"), "unknown chip")
 
 
@@ -148,7 +149,9 @@ def _vqgan_decoder(mesh):
   return tok.decode
 
 
-def _cli() -> None:
+def cli() -> None:
+  """Console-script entry point (`rar-bench`): defines the flags (only here, so importers keep
+  their own) and runs."""
   flags.DEFINE_string("variant", None, "B/L/XL/XXL preset; explicit sizes override it.")
   flags.DEFINE_integer("width", None, "Model width.")
   flags.DEFINE_integer("depth", None, "Number of blocks.")
@@ -220,8 +223,8 @@ def _cli() -> None:
       flush=True,
     )
 
-  app.run(main)
+  entry_points.run(main, __name__)
 
 
 if __name__ == "__main__":
-  _cli()
+  cli()

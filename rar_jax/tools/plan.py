@@ -28,7 +28,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from rar_jax import atomic_files, sharding
+from rar_jax.model.presets import ModelConfig
 from rar_jax.tools.chips import CHIPS, GIB, Chip, chip_by_name, parse_topology
+from rar_jax.training import metrics, optim, train, train_state, train_step
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -56,27 +64,14 @@ def _requested_devices(argv: list[str]) -> int | None:
 
 
 def _simulate_host_devices(count: int) -> None:
-  """Makes the CPU backend expose `count` devices; must run before jax initialises."""
+  """Makes the CPU backend expose `count` devices; must run before jax's backend initialises
+  (importing jax is fine: XLA reads its flags when the first backend is created)."""
   flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
   os.environ["XLA_FLAGS"] = " ".join(
     [*flags.split(), f"--xla_force_host_platform_device_count={count}"]
   )
-  os.environ["JAX_PLATFORMS"] = "cpu"
+  jax.config.update("jax_platforms", "cpu")
 
-
-if __name__ == "__main__":
-  _count = _requested_devices(sys.argv[1:])
-  if _count:
-    _simulate_host_devices(_count)
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from rar_jax import sharding  # noqa: E402
-from rar_jax.model.presets import ModelConfig  # noqa: E402
-from rar_jax.training import metrics, optim, train, train_state, train_step  # noqa: E402
 
 DEFAULT_CHIP = "v5p"
 TIGHT = 0.9  # above this share of HBM the verdict says "tight"
@@ -237,9 +232,7 @@ class Estimate:
 def estimate(a: Analysis, chip: Chip, mfu: float, hbm_gib: float | None = None) -> Estimate:
   """Fits-in-HBM and the time per step / to train.steps at `mfu` of the chip's bf16 peak."""
   hbm = chip.hbm_gib if hbm_gib is None else hbm_gib
-  peak = metrics.peak_tflops(chip.device_kind)
-  if peak is None:
-    raise ValueError(f"no peak TFLOP/s in metrics.PEAK_TFLOPS for {chip.device_kind!r}")
+  peak = chip.peak_tflops
   needs = a.peak_bytes / GIB
   step_s = a.analytic_flops / (a.num_devices * peak * 1e12 * mfu)
   hours = a.total_steps * step_s / 3600
@@ -452,8 +445,7 @@ def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
   est = estimate(analysis, chip, values.mfu, values.hbm_gib)
   text = render(analysis, est, chip, topology)
   if values.json_out:
-    with open(values.json_out, "w") as f:
-      json.dump(to_json(analysis, est, topology), f, indent=2)
+    atomic_files.write_text(values.json_out, json.dumps(to_json(analysis, est, topology), indent=2))
   return analysis, est, text
 
 
@@ -473,5 +465,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console-script entry point (`rar-plan`): simulates the requested devices, then runs."""
+  count = _requested_devices(sys.argv[1:])
+  if count:
+    _simulate_host_devices(count)
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  cli()

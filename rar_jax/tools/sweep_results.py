@@ -1,5 +1,5 @@
 """The results of a sweep: each run's TensorBoard scalars and sample score, collected into
-results.md, results.csv and a loss-per-step plot (`python launch/sweep.py collect`)."""
+results.md, results.csv and a loss-per-step plot (`rar-sweep collect`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from etils import epath
+
+from rar_jax import atomic_files
 from rar_jax.tools import sweeps
 from rar_jax.tools.sweeps import Point
 
@@ -63,44 +66,37 @@ def _parse_name(name: str) -> Point:
 
 
 def _discover(base_workdir: str) -> list[tuple[str, str, Point]]:
-  gfile = sweeps._gfile()
-  manifest = sweeps.join_path(base_workdir, sweeps.MANIFEST)
-  if gfile.exists(manifest):
-    with gfile.GFile(manifest, "r") as f:
-      runs = json.load(f)["runs"]
+  manifest = epath.Path(sweeps.join_path(base_workdir, sweeps.MANIFEST))
+  if manifest.exists():
+    runs = json.loads(manifest.read_text())["runs"]
     # Relative to where the sweep is now (it may have been copied since it ran).
     return [(r["name"], sweeps.join_path(base_workdir, r["name"]), r["overrides"]) for r in runs]
   found = []
-  for entry in sorted(gfile.listdir(base_workdir)):
-    entry = entry.rstrip("/")
-    workdir = sweeps.join_path(base_workdir, entry)
-    if gfile.isdir(workdir) and (
-      any("tfevents" in f for f in gfile.listdir(workdir))
-      or gfile.exists(sweeps.join_path(workdir, sweeps.SAMPLE_SCORE))
+  for path in sorted(epath.Path(base_workdir).iterdir(), key=lambda p: p.name):
+    if path.is_dir() and (
+      any("tfevents" in f.name for f in path.iterdir()) or (path / sweeps.SAMPLE_SCORE).exists()
     ):
-      found.append((entry, workdir, _parse_name(entry)))
+      found.append((path.name, sweeps.join_path(base_workdir, path.name), _parse_name(path.name)))
   return found
 
 
 def collect(base_workdir: str) -> list[RunResult]:
   """Reads every run of the sweep under base_workdir (listed by sweep.json, else every
   sub-directory with event files; overrides then come from the directory names)."""
-  gfile = sweeps._gfile()
   results = []
   for name, workdir, overrides in _discover(base_workdir):
     scalars = (
       read_scalars(workdir)
-      if gfile.exists(workdir)
+      if epath.Path(workdir).exists()
       else {"loss": {}, "accuracy": {}}  # not started
     )
     final = {tag: list(v.values())[-1] for tag, v in scalars.items() if v}
     loss = scalars.get("loss", {})
     steps = sorted({s for v in scalars.values() for s in v})
     sample: dict[str, Any] = {}
-    score_path = sweeps.join_path(workdir, sweeps.SAMPLE_SCORE)
-    if gfile.exists(score_path):
-      with gfile.GFile(score_path, "r") as f:
-        sample = json.load(f)
+    score_path = epath.Path(sweeps.join_path(workdir, sweeps.SAMPLE_SCORE))
+    if score_path.exists():
+      sample = json.loads(score_path.read_text())
     results.append(
       RunResult(
         name=name,
@@ -207,11 +203,11 @@ def write_results(base_workdir: str, results: Sequence[RunResult]) -> dict[str, 
   """Writes results.md, results.csv and loss.png into base_workdir; returns their paths."""
   header, rows = results_table(results)
   paths = {k: sweeps.join_path(base_workdir, k) for k in ("results.md", "results.csv", "loss.png")}
-  sweeps._write_bytes(paths["results.md"], markdown(base_workdir, header, rows).encode())
+  atomic_files.write_text(paths["results.md"], markdown(base_workdir, header, rows))
   buf = io.StringIO()
   writer = csv.writer(buf)
   writer.writerow(header)
   writer.writerows(rows)
-  sweeps._write_bytes(paths["results.csv"], buf.getvalue().encode())
-  sweeps._write_bytes(paths["loss.png"], _plot(results, base_workdir))
+  atomic_files.write_text(paths["results.csv"], buf.getvalue())
+  atomic_files.write_bytes(paths["loss.png"], _plot(results, base_workdir))
   return paths

@@ -17,12 +17,11 @@ optional and dropped). Every point becomes one run of `rar_jax.main` with those 
 `<base_workdir>/<name>`, the name derived from the keys that vary across the sweep;
 `sweep_results.collect` reads the runs back into results.md, results.csv and loss.png.
 
-`launch/sweep.py` is the command line (run / collect); everything here is importable.
+The command line (run / collect) is `rar_jax.tools.sweep_cli` (`rar-sweep`, `launch/sweep.py`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import importlib.util
@@ -36,6 +35,10 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
+
+from etils import epath
+
+from rar_jax import atomic_files
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MANIFEST = "sweep.json"
@@ -345,25 +348,6 @@ def format_command(argv: Sequence[str], env: Mapping[str, str]) -> str:
   return " ".join(prefix + [shlex.join(argv)])
 
 
-# ------------------------------------------------------------------------------------------------
-# Files (local or gs://, through TensorFlow's gfile when it is there)
-
-
-def _gfile():
-  from tensorboard.compat import tf
-
-  return tf.io.gfile
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-  gfile = _gfile()
-  parent = path.rsplit("/", 1)[0]
-  if parent and not gfile.exists(parent):
-    gfile.makedirs(parent)
-  with gfile.GFile(path, "wb") as f:
-    f.write(data)
-
-
 def write_manifest(base_workdir: str, spec: str, runs: Sequence[Run], mode: str) -> str:
   """<base>/sweep.json: what collect reads to know the runs and their overrides."""
   manifest = {
@@ -375,7 +359,8 @@ def write_manifest(base_workdir: str, spec: str, runs: Sequence[Run], mode: str)
     ],
   }
   path = join_path(base_workdir, MANIFEST)
-  _write_bytes(path, json.dumps(manifest, indent=2, default=str).encode())
+  epath.Path(base_workdir).mkdir(parents=True, exist_ok=True)
+  atomic_files.write_text(path, json.dumps(manifest, indent=2, default=str))
   return path
 
 
@@ -426,54 +411,3 @@ def run_sweep(
   if failed:
     print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=out)
   return len(failed)
-
-
-# ------------------------------------------------------------------------------------------------
-# Command line
-
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-    prog="launch/sweep.py",
-    description="Run a config's get_hyper sweep, or collect its results.",
-  )
-  sub = parser.add_subparsers(dest="command", required=True)
-  run = sub.add_parser("run", help="print or run every point of the sweep")
-  run.add_argument("--config", required=True, help="config file[:arg], e.g. configs/imagenet.py:B")
-  run.add_argument("--workdir", required=True, help="base workdir; each run gets <base>/<name>")
-  run.add_argument("--mode", choices=MODES, default="print", help="default: print")
-  run.add_argument("--execute", action="store_true", help="tpu/gpu: run the launch commands")
-  run.add_argument("--only", help="only the runs whose name contains this")
-  run.add_argument("--keep_going", action="store_true", help="continue after a failed run")
-  run.add_argument("--python", help="interpreter for local runs (default: this one)")
-  run.add_argument("extra", nargs="*", help="after --: more rar_jax.main args for every run")
-  col = sub.add_parser("collect", help="write results.md, results.csv and loss.png")
-  col.add_argument("--workdir", required=True, help="the sweep's base workdir")
-  return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  if args.command == "run":
-    failed = run_sweep(
-      args.config,
-      args.workdir,
-      args.mode,
-      execute=args.execute,
-      extra=args.extra,
-      only=args.only,
-      keep_going=args.keep_going,
-      python=args.python,
-    )
-    return 1 if failed else 0
-  from rar_jax.tools import sweep_results  # noqa: PLC0415 - it imports this module
-
-  results = sweep_results.collect(args.workdir)
-  if not results:
-    print(f"no runs found under {args.workdir}", file=sys.stderr)
-    return 1
-  paths = sweep_results.write_results(args.workdir, results)
-  header, rows = sweep_results.results_table(results)
-  print(sweep_results.markdown(args.workdir, header, rows))
-  print("wrote " + ", ".join(paths.values()))
-  return 0

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the train state together with the Grain iterator state.
+"""Orbax checkpoints of the train state together with the Grain iterator state, and the run's
+config (`config.json`) beside them.
 
 Each checkpoint step directory holds `state` (sharded arrays, restored straight onto the current
 mesh, whatever mesh saved it) and `data_iter` (this process's Grain iterator state). Saves are
@@ -7,16 +8,42 @@ asynchronous; Orbax only lists a step once it is complete, so a save cut short n
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import grain
+import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from rar_jax import atomic_files
 from rar_jax.training.train_state import TrainState
+
+CONFIG_FILE = "config.json"  # the run's config, beside its checkpoints
+
+
+def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Records the run's config in <workdir>/config.json (process 0), for export and sampling."""
+  if jax.process_index() == 0:
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_files.write_text(path / CONFIG_FILE, config.to_json(indent=2))
+
+
+def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training workdir was run with (its config.json).
+
+  Raises:
+    FileNotFoundError: workdir has no config.json, naming the path.
+  """
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: is {workdir} a rar_jax training workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def make_manager(

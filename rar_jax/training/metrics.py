@@ -1,4 +1,4 @@
-"""FLOP accounting, chip peaks, and the training metrics written through CLU.
+"""FLOP accounting and the training metrics written through CLU.
 
 Model FLOPs follow the usual convention (MaxText, PaLM appendix B): 6 x matmul parameters per
 token (forward + backward) plus causal attention; in RAR the AdaLN layers run per token, so
@@ -16,28 +16,7 @@ import numpy as np
 from clu import metric_writers
 
 from rar_jax.model.presets import ModelConfig
-
-# Dense bf16 peak TFLOP/s per chip (per device as JAX counts them), by device_kind substring.
-PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-  ("TPU v4", 275.0),
-  ("TPU v5 lite", 197.0),
-  ("TPU v5e", 197.0),
-  ("TPU v5p", 459.0),
-  ("TPU v5", 459.0),
-  ("TPU v6 lite", 918.0),
-  ("TPU v6e", 918.0),
-  ("A100", 312.0),
-  ("H100", 989.0),
-  ("H200", 989.0),
-)
-
-
-def peak_tflops(device_kind: str) -> float | None:
-  """Peak bf16 TFLOP/s of one device of this kind; None for an unknown chip (e.g. CPU)."""
-  for name, peak in PEAK_TFLOPS:
-    if name.lower() in device_kind.lower():
-      return peak
-  return None
+from rar_jax.tools import chips
 
 
 def matmul_params_per_token(cfg: ModelConfig) -> int:
@@ -78,7 +57,7 @@ class TrainMetrics:
     self.global_batch = global_batch
     self.tokens_per_step = global_batch * cfg.seq_len
     self.num_devices = jax.device_count()
-    self.peak = peak_tflops(jax.devices()[0].device_kind)
+    self.peak = chips.peak_tflops(jax.devices()[0].device_kind)
     self._pending: tuple[int, Mapping[str, Any], float] | None = None
     self._last_time = time.perf_counter()
 

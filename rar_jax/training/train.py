@@ -19,7 +19,6 @@ from rar_jax import sharding
 from rar_jax.data import datasets, pipeline
 from rar_jax.model import presets
 from rar_jax.model.presets import ModelConfig
-from rar_jax.sampling import export
 from rar_jax.training import (
   checkpointing,
   metrics,
@@ -153,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       read_threads=config.data.read_threads,
     )
   )
-  export.write_workdir_config(workdir, config)
+  checkpointing.write_workdir_config(workdir, config)
   optimizer = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
   manager, abstract, state = _restore_or_init(config, workdir, plan, optimizer[0], rules, data_iter)
   step = int(state.step)

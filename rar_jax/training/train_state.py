@@ -69,11 +69,7 @@ def abstract_state(
 ) -> TrainState:
   """ShapeDtypeStructs carrying the target shardings: the restore target for Orbax."""
   shapes = jax.eval_shape(functools.partial(create, cfg, tx), 0)
-  return jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-    shapes,
-    state_shardings(cfg, tx, mesh, rules),
-  )
+  return sharding.abstract_arrays(shapes, state_shardings(cfg, tx, mesh, rules))
 
 
 def init_sharded(
