@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-from absl import logging
 
+from rar_jax import console
 from rar_jax.data import records
 from rar_jax.model.presets import ModelConfig
 
@@ -40,7 +40,7 @@ def prepare(data_cfg: Mapping[str, Any], model_cfg: ModelConfig) -> str:
     from rar_jax.data import pretokenize  # noqa: PLC0415 - pulls in sklearn only when needed
 
     if not os.path.exists(os.path.join(data_dir, records.METADATA_FILENAME)):
-      logging.info("Creating the embedded %s data set in %s", builtin, data_dir)
+      console.info("Creating the embedded %s data set in %s", builtin, data_dir)
     pretokenize.ensure_digits(data_dir)
   meta = records.read_metadata(data_dir)
   records.check_compatible(
