@@ -19,13 +19,13 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 from jax.experimental import multihost_utils
 from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import atomic_files, distributed, host_memory, sharding, tokenizers
+from rar_jax import atomic_files, console, distributed, host_memory, sharding, tokenizers
 from rar_jax.sampling import decoding, export
 from rar_jax.training import previews
 
@@ -69,7 +69,7 @@ def generate(
   )
   done = multihost_utils.broadcast_one_to_all(done)  # every host samples the same chunks
   todo = [c for c in range(num_chunks) if not done[c]]
-  logging.info("%d of %d chunks to sample", len(todo), num_chunks)
+  console.info("%d of %d chunks to sample", len(todo), num_chunks)
   sampler = decoding.make_sampler(exp.model, settings)
   key = jax.random.key(seed)
   for chunk in tqdm(todo, desc="chunks", disable=host != 0):
@@ -120,6 +120,7 @@ def _cli() -> None:
   flags.register_validator("batch_size", lambda v: v > 0, "--batch_size must be positive")
 
   def main(argv: list[str]) -> None:
+    console.setup()  # third-party INFO logging off unless --verbosity
     host_memory.retain_freed_memory()  # before JAX starts its threads
     del argv
     distributed.initialize()
@@ -141,7 +142,7 @@ def _cli() -> None:
     if jax.process_index() == 0:
       assemble(out, num_samples.value, exp.model.num_classes, batch_size.value)
       rate = num_samples.value / (time.perf_counter() - start)
-      logging.info("Wrote %s (%.2f images/s this run)", out / SAMPLES_FILE, rate)
+      console.info("Wrote %s (%.2f images/s this run)", out / SAMPLES_FILE, rate)
 
   app.run(main)
 
