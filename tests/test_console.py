@@ -34,6 +34,7 @@ def _app(*flags: str) -> list[str]:
   return (proc.stdout + proc.stderr).splitlines()
 
 
+@pytest.mark.slow
 def test_third_party_info_only_with_verbosity():
   quiet = _app()
   assert len(quiet) == 2, quiet
