@@ -82,6 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.samples_per_class = 0
   c.eval.score = ""
 
+  # A jax.profiler trace of num_steps steps from start_step into the workdir (0 steps = off).
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 10
+  c.profile.num_steps = 0
+
   c.sampling = ml_collections.ConfigDict()
   c.sampling.guidance_scale = 16.0
   c.sampling.guidance_power = 2.75

@@ -1,5 +1,16 @@
-# Helpers shared by launch/tpu.sh and launch/gpu.sh (sourced, not run).
+# Helpers shared by the launch scripts (tpu.sh, gpu.sh, xpk.sh, image.sh; sourced, not run).
 # shellcheck shell=bash
+
+# libtpu flags of the training job, for tpu.sh and xpk.sh (MaxText's collective-overlap set;
+# every one is a flag of the libtpu that jax[tpu] pins). LIBTPU_INIT_ARGS replaces them.
+# shellcheck disable=SC2034  # read by the sourcing scripts
+DEFAULT_LIBTPU_ARGS="--xla_tpu_enable_data_parallel_all_reduce_opt=true \
+--xla_tpu_data_parallel_opt_different_sized_ops=true \
+--xla_tpu_enable_async_collective_fusion=true \
+--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true \
+--xla_tpu_enable_async_collective_fusion_multiple_steps=true \
+--xla_tpu_overlap_compute_collective_tc=true \
+--xla_enable_async_all_gather=true"
 
 # die MESSAGE: the message, prefixed with the script's name, on stderr; exit 2.
 die() {

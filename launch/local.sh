@@ -2,7 +2,7 @@
 # Local entry point (CPU laptop or a single GPU/TPU host). Installs what it needs on first use.
 #
 #   bash launch/local.sh train [--config.x=y ...]   # the embedded default: digits, ~3.5 min on 2 CPUs
-#   bash launch/local.sh test [pytest args ...]     # lint + the whole test suite
+#   bash launch/local.sh test [pytest args ...]     # lint (ruff, shellcheck, hadolint) + all tests
 #
 # RAR_VENV picks the virtual environment (default .venv); it is created when missing.
 set -euo pipefail
@@ -27,6 +27,7 @@ case "$cmd" in
     "$py" -m ruff format --check .
     "$py" -m ruff check .
     "$venv/bin/shellcheck" -x launch/*.sh .ci/run
+    "$venv/bin/hadolint" Dockerfile
     "$py" -m pytest -q "$@"
     ;;
   train)

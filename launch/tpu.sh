@@ -17,16 +17,6 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=launch/common.sh
 source "$root/launch/common.sh"
 
-# libtpu flags of the training job (MaxText's collective-overlap set; every one is a flag of the
-# libtpu that jax[tpu] pins). Set LIBTPU_INIT_ARGS to replace them, or to "" for none.
-default_libtpu_args="--xla_tpu_enable_data_parallel_all_reduce_opt=true \
---xla_tpu_data_parallel_opt_different_sized_ops=true \
---xla_tpu_enable_async_collective_fusion=true \
---xla_tpu_enable_async_collective_fusion_fuse_all_gather=true \
---xla_tpu_enable_async_collective_fusion_multiple_steps=true \
---xla_tpu_overlap_compute_collective_tc=true \
---xla_enable_async_all_gather=true"
-
 usage() {
   cat <<'EOF'
 usage: bash launch/tpu.sh [options] COMMAND [args] [-- rar_jax.main flags]
@@ -105,7 +95,7 @@ CONFIG="${CONFIG:-configs/imagenet.py:B}"
 SLICE="${SLICE:-0}"
 LOG_LINES="${LOG_LINES:-100}"
 WORKER_PYTHON="${WORKER_PYTHON:-python3.11}"
-LIBTPU_INIT_ARGS="${LIBTPU_INIT_ARGS-$default_libtpu_args}"
+LIBTPU_INIT_ARGS="${LIBTPU_INIT_ARGS-$DEFAULT_LIBTPU_ARGS}"
 DRY_RUN="${DRY_RUN:-0}"
 follow=0
 

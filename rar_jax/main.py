@@ -10,7 +10,7 @@ Any config key can be overridden with --config.<key>=<value>.
 from absl import app, flags
 from ml_collections import config_flags
 
-from rar_jax import distributed, entry_points, host_memory
+from rar_jax import console, distributed, entry_points, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file and argument, e.g. configs/imagenet.py:L.", lock_config=True
@@ -22,6 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.setup()  # third-party INFO logging off unless --verbosity
   host_memory.retain_freed_memory()  # before JAX starts its threads
   distributed.initialize()  # before anything below queries devices
   from rar_jax.training import train  # noqa: PLC0415

@@ -1,8 +1,10 @@
 """One process of a 2-process CPU training run (jax.distributed over gloo, 4 devices each).
 
-  python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DATA_DIR STEPS
+  python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DATA_DIR STEPS \
+      [PAUSE_AT]
 
-Process 0 writes every parameter, gathered from both processes, to WORKDIR/params.npz.
+Process 0 writes every parameter, gathered from both processes, to WORKDIR/params.npz. With
+PAUSE_AT, each process prints "PAUSED <step>" once that checkpoint is on disk and idles a while.
 """
 
 import os
@@ -18,8 +20,9 @@ def main(argv):
   import jax
 
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  from rar_jax import distributed
+  from rar_jax import console, distributed
 
+  console.setup()  # as rar_jax.main: the console lines, third-party INFO off
   distributed.initialize()  # the same call rar_jax.main makes
   import numpy as np
   from flax import traverse_util
@@ -28,6 +31,7 @@ def main(argv):
   from rar_jax.training import train
   from tests import train_worker
 
+  train_worker.pause_after_checkpoint(int(argv[7]) if len(argv) > 7 else None, seconds=30)
   state = train.train_and_evaluate(train_worker.tiny_config(data_dir, int(steps)), workdir)
   flat = traverse_util.flatten_dict(state.params, sep="/")
   gathered = {

@@ -197,68 +197,6 @@ def test_data_that_does_not_fit_the_model_is_named(tmp_path, data_dir):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def _free_port() -> int:
-  import socket
-
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def test_two_processes_train_like_one_process_on_their_joined_batches(tmp_path, data_dir):
-  """jax.distributed with 2 CPU processes x 4 devices: each process feeds its own part of the
-  data; the result equals one 8-device process fed the two parts joined."""
-  worker = WORKER.parent / "multiprocess_worker.py"
-  port, steps = str(_free_port()), 4
-  procs = [
-    subprocess.Popen(
-      [sys.executable, str(worker), str(i), "2", port, str(tmp_path), data_dir, str(steps)],
-      cwd=ROOT,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  for proc in procs:
-    _, err = proc.communicate(timeout=400)
-    assert proc.returncode == 0, err[-3000:]
-  assert sorted(p.name for p in (tmp_path / f"checkpoints/{steps}/data_iter").iterdir()) == [
-    "commit_success.txt",
-    "process_0-of-2.json",
-    "process_1-of-2.json",
-  ]
-  distributed = dict(np.load(tmp_path / "params.npz"))
-
-  config = train_worker.tiny_config(data_dir, steps)
-  plan = train.resolve(config)
-  tx, schedule = optim.make_optimizer(config.optim, plan.model, steps)
-  state = train_state.init_sharded(plan.model, tx, config.seed, plan.mesh)
-  sc = train_step.StepConfig(plan.model, *plan.anneal, config.randomness.label_dropout)
-  step = train_step.jit_train_step(
-    sc, tx, schedule, plan.mesh, train_state.state_shardings(plan.model, tx, plan.mesh)
-  )
-  parts = [
-    iter(
-      pipeline.make_dataset(
-        data_dir, global_batch=16, seed=config.seed, process_index=i, process_count=2
-      )
-    )
-    for i in range(2)
-  ]
-  with sharding.activate(plan.mesh):
-    for _ in range(steps):
-      local = [next(it) for it in parts]
-      joined = {k: np.concatenate([b[k] for b in local]) for k in local[0]}
-      state, _ = step(state, pipeline.to_global(joined, sharding.batch_sharding(plan.mesh)))
-  from flax import traverse_util
-
-  single = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
-  assert set(single) == set(distributed)
-  for key, value in single.items():
-    np.testing.assert_allclose(distributed[key], value, atol=1e-5, err_msg=key)
-
-
 def test_nonfinite_loss_stops_the_job_naming_the_step(tmp_path, data_dir):
   config = train_worker.tiny_config(data_dir, 50)
   config.optim.lr, config.optim.warmup_steps, config.optim.grad_clip_norm = 1e35, 1, 1e35

@@ -72,10 +72,10 @@ def tiny_config(data_dir: str, steps: int):
   return c
 
 
-def main(argv):
-  workdir, data_dir, steps = argv[1], argv[2], int(argv[3])
-  pause_at = int(argv[4]) if len(argv) > 4 else None
-  from rar_jax.training import checkpointing, train
+def pause_after_checkpoint(pause_at: int | None, seconds: float = 5) -> None:
+  """Makes the training job print "PAUSED <step>" once the checkpoint at pause_at is on disk,
+  then idle for a few seconds (the moment a test sends its signal)."""
+  from rar_jax.training import checkpointing
 
   save = checkpointing.save
 
@@ -86,10 +86,18 @@ def main(argv):
 
       manager.wait_until_finished()
       print(f"PAUSED {step}", flush=True)
-      time.sleep(5)
+      time.sleep(seconds)
     return saved
 
   checkpointing.save = save_then_pause
+
+
+def main(argv):
+  workdir, data_dir, steps = argv[1], argv[2], int(argv[3])
+  pause_at = int(argv[4]) if len(argv) > 4 else None
+  from rar_jax.training import train
+
+  pause_after_checkpoint(pause_at)
   state = train.train_and_evaluate(tiny_config(data_dir, steps), workdir)
   print(f"DONE {int(state.step)}", flush=True)
 

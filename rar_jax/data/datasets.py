@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-from absl import logging
 
-from rar_jax.data import records
+from rar_jax import console
+from rar_jax.data import gcs_mount, records
 from rar_jax.model.presets import ModelConfig
 
 BUILTINS = ("digits",)
@@ -23,14 +23,14 @@ def prepare(data_cfg: Mapping[str, Any], model_cfg: ModelConfig) -> str:
   scikit-learn digits set in `dir` when it is absent; empty for user data).
 
   Raises:
-    FileNotFoundError: no metadata.json in dir (naming it).
+    FileNotFoundError: no metadata.json in dir, or a gs:// dir whose bucket is not mounted.
     ValueError: unknown builtin, or metadata that does not fit the model (naming the key).
   """
   if not data_cfg["dir"]:
     raise ValueError(
       "data.dir is not set: point it at a pretokenized data set (rar_jax.data.pretokenize)"
     )
-  data_dir = os.fspath(data_cfg["dir"])
+  data_dir = gcs_mount.local_path(os.fspath(data_cfg["dir"]))  # gs:// through gcsfuse
   builtin = data_cfg.get("builtin") or ""
   if builtin:
     if builtin not in BUILTINS:
@@ -40,7 +40,7 @@ def prepare(data_cfg: Mapping[str, Any], model_cfg: ModelConfig) -> str:
     from rar_jax.data import pretokenize  # noqa: PLC0415 - pulls in sklearn only when needed
 
     if not os.path.exists(os.path.join(data_dir, records.METADATA_FILENAME)):
-      logging.info("Creating the embedded %s data set in %s", builtin, data_dir)
+      console.info("Creating the embedded %s data set in %s", builtin, data_dir)
     pretokenize.ensure_digits(data_dir)
   meta = records.read_metadata(data_dir)
   records.check_compatible(

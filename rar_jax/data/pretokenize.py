@@ -48,7 +48,7 @@ from ml_collections import config_flags
 from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import atomic_files, distributed, entry_points, tokenizers
+from rar_jax import atomic_files, console, distributed, entry_points, tokenizers
 from rar_jax.data import augment, records
 from rar_jax.tokenizers import vqgan
 from rar_jax.tokenizers.pixel import PixelTokenizer
@@ -373,7 +373,7 @@ def _write_mine(write, paths: list[str], shards: list[range], index: int, count:
   """Writes host `index`'s shards (s % count == index) that are not complete yet."""
   mine = range(index, len(shards), count)
   todo = [s for s in mine if not records.shard_is_complete(paths[s])]
-  logging.info("%d shards; host %d writes %d of its %d", len(shards), index, len(todo), len(mine))
+  console.info("%d shards; host %d writes %d of its %d", len(shards), index, len(todo), len(mine))
   total = sum(len(shards[s]) for s in todo)
   with tqdm(total=total, unit="item", desc=f"host {index}", smoothing=0.1) as bar:
     for s in todo:
@@ -414,7 +414,7 @@ def run(
   plan = _plan(config, count, tokenizer)
   has_plan = _check_plan(output_dir, plan)
   if os.path.isfile(os.path.join(output_dir, records.METADATA_FILENAME)):
-    logging.info("%s is already complete; nothing to do", output_dir)
+    console.info("%s is already complete; nothing to do", output_dir)
     return records.read_metadata(output_dir)
 
   with concurrent.futures.ThreadPoolExecutor(config.num_workers) as pool:
@@ -465,11 +465,12 @@ def cli() -> None:
 
   def main(argv: Sequence[str]) -> None:
     del argv
+    console.setup()  # third-party INFO logging off unless --verbosity
     if multihost.value:
       os.environ["RAR_DISTRIBUTED"] = "1"
     distributed.initialize()
     meta = run(config.value, output_dir.value, process_index=index.value, process_count=count.value)
-    logging.info("%s: %d records, %d shards", output_dir.value, meta.num_records, len(meta.shards))
+    console.info("%s: %d records, %d shards", output_dir.value, meta.num_records, len(meta.shards))
 
   entry_points.run(main, __name__)
 

@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from rar_jax import entry_points, host_memory
+from rar_jax import console, entry_points, host_memory
 
 
 def check_inputs(samples: str, reference: str, inception_weights: str) -> None:
@@ -69,6 +69,7 @@ def cli() -> None:
   flags.mark_flags_as_required(["samples", "reference", "inception_weights"])
 
   def main(argv: list[str]) -> None:
+    console.setup()  # third-party INFO logging off unless --verbosity
     host_memory.retain_freed_memory()  # before JAX starts its threads
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")

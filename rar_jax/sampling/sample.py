@@ -19,12 +19,20 @@ import time
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import flags
 from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from rar_jax import atomic_files, distributed, entry_points, host_memory, sharding, tokenizers
+from rar_jax import (
+  atomic_files,
+  console,
+  distributed,
+  entry_points,
+  host_memory,
+  sharding,
+  tokenizers,
+)
 from rar_jax.sampling import decoding, export, images
 
 SAMPLES_FILE = "samples.npz"
@@ -68,7 +76,7 @@ def generate(
   )
   done = multihost_utils.broadcast_one_to_all(done)  # every host samples the same chunks
   todo = [c for c in range(num_chunks) if not done[c]]
-  logging.info("%d of %d chunks to sample", len(todo), num_chunks)
+  console.info("%d of %d chunks to sample", len(todo), num_chunks)
   sampler = decoding.make_sampler(exp.model, settings)
   key = jax.random.key(seed)
   for chunk in tqdm(todo, desc="chunks", disable=host != 0):
@@ -119,6 +127,7 @@ def cli() -> None:
   flags.register_validator("batch_size", lambda v: v > 0, "--batch_size must be positive")
 
   def main(argv: list[str]) -> None:
+    console.setup()  # third-party INFO logging off unless --verbosity
     host_memory.retain_freed_memory()  # before JAX starts its threads
     del argv
     distributed.initialize()
@@ -140,7 +149,7 @@ def cli() -> None:
     if jax.process_index() == 0:
       assemble(out, num_samples.value, exp.model.num_classes, batch_size.value)
       rate = num_samples.value / (time.perf_counter() - start)
-      logging.info("Wrote %s (%.2f images/s this run)", out / SAMPLES_FILE, rate)
+      console.info("Wrote %s (%.2f images/s this run)", out / SAMPLES_FILE, rate)
 
   entry_points.run(main, __name__)
 

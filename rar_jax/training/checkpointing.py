@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from rar_jax import atomic_files
+from rar_jax import atomic_files, console
 from rar_jax.training.train_state import TrainState
 
 CONFIG_FILE = "config.json"  # the run's config, beside its checkpoints
@@ -115,7 +115,7 @@ def restore_latest(
         "Skipping checkpoint %s: it could not be restored (%s: %s)", path, type(err).__name__, err
       )
       continue
-    logging.info("Restored checkpoint at step %d from %s", step, manager.directory)
+    console.info("Restored checkpoint at step %d from %s", step, manager.directory)
     return restored.state
   if steps:
     raise RuntimeError(

@@ -8,7 +8,7 @@ their matmuls count like any other.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -49,10 +49,17 @@ class TrainMetrics:
   """
 
   def __init__(
-    self, writer: metric_writers.MetricWriter, cfg: ModelConfig, global_batch: int, every: int
+    self,
+    writer: metric_writers.MetricWriter,
+    cfg: ModelConfig,
+    global_batch: int,
+    every: int,
+    on_log: Callable[[int, Mapping[str, float]], object] | None = None,
   ):
+    """on_log(step, values): called with what is written every `every` steps (the console)."""
     self.writer = writer
     self.every = every
+    self.on_log = on_log
     self.flops_per_step = train_flops_per_sequence(cfg) * global_batch
     self.global_batch = global_batch
     self.tokens_per_step = global_batch * cfg.seq_len
@@ -80,7 +87,10 @@ class TrainMetrics:
       bad = sorted(k for k, v in values.items() if not np.isfinite(v))
       raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step}: {values}")
     if step % self.every == 0:
-      self.writer.write_scalars(step, {**values, **self.throughput(step_time)})
+      scalars = {**values, **self.throughput(step_time)}
+      self.writer.write_scalars(step, scalars)
+      if self.on_log is not None:
+        self.on_log(step, scalars)
     return values
 
   def throughput(self, step_time: float) -> dict[str, float]:

@@ -15,7 +15,7 @@ import ml_collections
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from rar_jax import sharding
+from rar_jax import console, sharding
 from rar_jax.data import datasets, pipeline
 from rar_jax.model import presets
 from rar_jax.model.presets import ModelConfig
@@ -24,6 +24,8 @@ from rar_jax.training import (
   metrics,
   optim,
   previews,
+  profiling,
+  progress_line,
   randomization,
   train_state,
   train_step,
@@ -51,6 +53,7 @@ def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
     group, name = key.split(".")
     if config[group][name] <= 0:
       raise ValueError(f"{key} must be positive, got {config[group][name]}")
+  profiling.validate(config.profile)
   if config.eval.grid_every < 0:
     raise ValueError(f"eval.grid_every must be >= 0 (0 = off), got {config.eval.grid_every}")
   anneal = randomization.anneal_steps(config.randomness, total)
@@ -111,13 +114,12 @@ def _compile_step(
     sc, *optimizer, plan.mesh, abstract, plan.global_batch, rules
   )
   memory = compiled.memory_analysis()
+  detail = ""
   if memory is not None:
-    logging.info(
-      "Train step compiled in %.1fs; per device: arguments %.1f MiB, temporaries %.1f MiB",
-      lower_s + compile_s,
-      memory.argument_size_in_bytes / 2**20,
-      memory.temp_size_in_bytes / 2**20,
-    )
+    arguments, temporaries = memory.argument_size_in_bytes, memory.temp_size_in_bytes
+    detail = f"; per device: arguments {arguments / 2**20:.1f} MiB, temporaries "
+    detail += f"{temporaries / 2**20:.1f} MiB"
+  console.info("Train step compiled in %.1fs%s", lower_s + compile_s, detail)
   return compiled, lower_s + compile_s
 
 
@@ -156,6 +158,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   optimizer = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
   manager, abstract, state = _restore_or_init(config, workdir, plan, optimizer[0], rules, data_iter)
   step = int(state.step)
+  console.info(
+    "Training to step %d from step %d: global batch %d on mesh %s, workdir %s",
+    plan.total_steps,
+    step,
+    plan.global_batch,
+    dict(plan.mesh.shape),
+    workdir,
+  )
   compiled, compile_s = _compile_step(plan, config, optimizer, abstract, rules)
 
   writer = metric_writers.create_default_writer(
@@ -164,15 +174,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   if step == 0:
     writer.write_hparams(config.to_dict())
   writer.write_scalars(step, {"compile_time_s": compile_s})
-  logger = metrics.TrainMetrics(writer, plan.model, plan.global_batch, config.train.log_every)
+  line = progress_line.ProgressLine(plan.total_steps, step)
+  logger = metrics.TrainMetrics(
+    writer, plan.model, plan.global_batch, config.train.log_every, on_log=line
+  )
+  profiler = profiling.StepProfiler(config.profile, workdir)
   progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=writer)
   preview = previews.Previews(config, plan.model, plan.mesh)
   batch_sh = sharding.batch_sharding(plan.mesh)
   guard = PreemptionGuard()
   try:
     while step < plan.total_steps:
+      profiler.before_step(step)
       state, step_metrics = compiled(state, pipeline.to_global(next(data_iter), batch_sh))
       step += 1
+      profiler.after_step(step, state)
       logger.push(step, step_metrics)
       progress(step)
       preview.maybe_write_grid(step, state.params, writer)
@@ -190,8 +206,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         result = preview.final_report(state.params, workdir)
       if result:
         writer.write_scalars(step, {"sample_accuracy": result["accuracy"]})
-        logging.info("Sample score at step %d: %s", step, result)
+        console.info("Sample accuracy at step %d: %.3f", step, result["accuracy"])
   finally:
+    profiler.close()
     guard.close()
     manager.wait_until_finished()
     writer.flush()
