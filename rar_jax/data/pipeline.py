@@ -43,7 +43,8 @@ def make_dataset(
   read_threads: int = 16,
   prefetch_buffer: int = 500,
 ) -> grain.IterDataset:
-  """Returns a dataset of local batches (of the records outside the validation split) {"tokens": int32 [local_B, L], "label": int32 [local_B]}.
+  """Returns a dataset of local batches {"tokens": int32 [local_B, L], "label": int32 [local_B]}
+  of the records outside the data set's validation split (rar_jax.data.holdout).
 
   local_B = global_batch // process_count. Each process reads records i with
   i % process_count == process_index among the first process_count * (N // process_count), so
