@@ -61,7 +61,8 @@ def build_scorer(config: ml_collections.ConfigDict, data_dir: str) -> Scorer:
   if e.fid_features == "inception":
     from rar_jax.evaluation import inception_fid  # noqa: PLC0415 - imports the network
 
-    return inception_fid.InceptionFID(e.inception_weights, e.fid_reference)
+    batch = min(256, e.fid_samples)  # images per Inception call (padded up to it)
+    return inception_fid.InceptionFID(e.inception_weights, e.fid_reference, batch)
   from rar_jax.evaluation import digits_fid  # noqa: PLC0415 - scikit-learn only for digits
 
   tokenizer = tokenizers.build(config.tokenizer, config.image_size)
