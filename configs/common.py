@@ -81,6 +81,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.grid_classes = (1, 207, 279, 388, 417, 812, 933, 980)
   c.eval.samples_per_class = 0
   c.eval.score = ""
+  # Held-out raster loss / accuracy / bits per token on the data set's validation split every
+  # every_steps (0 = off), and sample quality (training/sample_eval.py): fid_samples
+  # class-balanced samples scored at the end and every fid_every steps, in the feature space
+  # fid_features: "inception" (on when inception_weights names the pytorch-fid file; needs
+  # fid_reference, an .npz with mu/sigma or arr_0) or "digits" (the digits FID).
+  c.eval.every_steps = 0
+  c.eval.fid_every = 0
+  c.eval.fid_samples = 0
+  c.eval.fid_features = "inception"
+  c.eval.inception_weights = ""
+  c.eval.fid_reference = ""
 
   # A jax.profiler trace of num_steps steps from start_step into the workdir (0 steps = off).
   c.profile = ml_collections.ConfigDict()

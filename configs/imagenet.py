@@ -31,6 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.variant = variant
   config.data.dir = "data/imagenet256_maskgitvq"
   config.eval.grid_every = 5_000  # the official preview interval; needs tokenizer.weights
+  # Held-out raster loss (needs a validation split: python -m rar_jax.data.holdout), and FID /
+  # IS of 10k samples at the end once eval.inception_weights and eval.fid_reference are given.
+  config.eval.every_steps = 5_000
+  config.eval.fid_samples = 10_000
   (config.sampling.guidance_scale, config.sampling.guidance_power, config.sampling.temperature) = (
     SAMPLING[variant]
   )

@@ -67,23 +67,25 @@ def test_print_mode_commands(tmp_path):
   out = io.StringIO()
   failed = sweeps.run_sweep("configs/digits_sweep.py", str(tmp_path), "print", out=out)
   lines = out.getvalue().splitlines()
-  assert failed == 0 and len(lines) == 5
+  assert failed == 0 and len(lines) == 6
   assert lines[2] == (
     "python -m rar_jax.main --config=configs/digits_sweep.py "
-    f"--workdir={tmp_path}/anneal_start_fraction=0.5,anneal_end_fraction=0.75 "
-    "--config.randomness.anneal_start_fraction=0.5 --config.randomness.anneal_end_fraction=0.75"
+    f"--workdir={tmp_path}/anneal_start_fraction=0.5,anneal_end_fraction=0.75,seed=0 "
+    "--config.randomness.anneal_start_fraction=0.5 --config.randomness.anneal_end_fraction=0.75 "
+    "--config.seed=0"
   )
+  assert lines[5].endswith("--config.randomness.anneal_end_fraction=0.75 --config.seed=1")
   assert list(tmp_path.iterdir()) == []  # printing writes nothing
 
   out = io.StringIO()
   sweeps.run_sweep(
-    "configs/digits_sweep.py", "gs://b/sw", "tpu", extra=["--config.seed=1"], out=out
+    "configs/digits_sweep.py", "gs://b/sw", "tpu", extra=["--config.train.steps=7"], out=out
   )
   first = out.getvalue().splitlines()[0]
-  wd = "gs://b/sw/anneal_start_fraction=0.0,anneal_end_fraction=0.0"
+  wd = "gs://b/sw/anneal_start_fraction=0.0,anneal_end_fraction=0.0,seed=0"
   assert first.startswith(f"WORKDIR={wd} bash launch/tpu.sh train -- --config=")
   assert f" --workdir={wd} --config.randomness.anneal_start_fraction=0.0 " in first
-  assert first.endswith("--config.seed=1")
+  assert first.endswith("--config.seed=0 --config.train.steps=7")
   gpu = sweeps.command(sweeps.plan_sweep("configs/digits_sweep.py", "gs://b/sw")[0], "gpu")
   assert gpu[0][:4] == ["bash", "launch/gpu.sh", "single", "--"]
 
@@ -98,7 +100,7 @@ def test_sweep_script_print_mode(tmp_path):
     check=True,
   )
   lines = result.stdout.splitlines()
-  assert len(lines) == 5 and all(ln.startswith("python -m rar_jax.main") for ln in lines)
+  assert len(lines) == 6 and all(ln.startswith("python -m rar_jax.main") for ln in lines)
 
 
 def test_validate_rejects_bad_overrides():
@@ -134,41 +136,53 @@ def test_imagenet_ablation_pairs():
   sweeps.validate("configs/imagenet.py:B", runs)  # every command parses as rar_jax.main's
 
 
-def _fake_run(workdir, losses, accuracies, score=None):
+def _fake_run(workdir, losses, accuracies, score=None, heldout=(), fid=None):
   from clu import metric_writers
 
   writer = metric_writers.create_default_writer(str(workdir), asynchronous=False)
   for step, (loss, acc) in enumerate(zip(losses, accuracies, strict=True), start=1):
     writer.write_scalars(step * 10, {"loss": loss, "accuracy": acc, "learning_rate": 1e-3})
+  for step, loss in enumerate(heldout, start=1):
+    writer.write_scalars(step * 15, {"heldout_raster_loss": loss})
   writer.flush()
   writer.close()
   if score is not None:
     (workdir / sweeps.SAMPLE_SCORE).write_text(json.dumps(score))
+  if fid is not None:
+    quality = [{"step": 15, "fid": fid + 1.0}, {"step": 30, "fid": fid}]
+    (workdir / sweeps.SAMPLE_QUALITY).write_text(json.dumps(quality))
 
 
 @pytest.mark.parametrize("with_manifest", [True, False])
-def test_collect_writes_md_csv_png(tmp_path, with_manifest):
+def test_collect_ranks_by_heldout_loss_and_writes_md_csv_png(tmp_path, with_manifest):
   runs = sweeps.plan_sweep("configs/digits_sweep.py", str(tmp_path))[:3]
-  _fake_run(tmp_path / runs[0].name, [3.0, 2.0, 1.5], [0.1, 0.2, 0.25], {"accuracy": 0.875})
-  _fake_run(tmp_path / runs[1].name, [3.0, 2.5, 2.25], [0.1, 0.15, 0.125])
-  if with_manifest:  # the third run never started: an empty row
+  _fake_run(
+    tmp_path / runs[0].name, [3.0, 2.0, 1.5], [0.1, 0.2, 0.25], {"accuracy": 0.875}, (2.5, 2.0)
+  )
+  _fake_run(tmp_path / runs[1].name, [3.0, 2.5, 2.25], [0.1, 0.15, 0.125], None, (2.0, 1.75), 4.5)
+  if with_manifest:  # the third run never started: an empty row, last
     sweeps.write_manifest(str(tmp_path), "configs/digits_sweep.py", runs, "local")
   results = sweep_results.collect(str(tmp_path))
   assert [r.name for r in results] == [r.name for r in runs[: 3 if with_manifest else 2]]
   assert results[0].steps == [10, 20, 30] and results[0].losses == [3.0, 2.0, 1.5]
+  assert results[1].heldout_steps == [15, 30] and results[1].heldout_losses == [2.0, 1.75]
 
   paths = sweep_results.write_results(str(tmp_path), results)
   with open(paths["results.csv"]) as f:
     rows = list(csv.DictReader(f))
-  assert rows[0]["schedule"] == "0.0/0.0" and rows[1]["schedule"] == "1.0/1.0"
-  assert rows[0]["anneal_start_fraction"] == "0.0"
-  assert float(rows[0]["final_loss"]) == 1.5 and float(rows[0]["final_accuracy"]) == 0.25
-  assert float(rows[1]["final_loss"]) == 2.25 and rows[1]["step"] == "30"
-  assert float(rows[0]["sample_accuracy"]) == 0.875 and rows[1]["sample_accuracy"] == ""
+  # Ranked by the last held-out raster loss: 1.75 (random only) before 2.0 (raster only).
+  assert [r["rank"] for r in rows[:2]] == ["1", "2"]
+  assert rows[0]["schedule"] == "1.0/1.0" and rows[1]["schedule"] == "0.0/0.0"
+  assert rows[1]["anneal_start_fraction"] == "0.0"
+  assert float(rows[0]["heldout_raster_loss"]) == 1.75 and float(rows[0]["fid"]) == 4.5
+  assert float(rows[1]["heldout_raster_loss"]) == 2.0 and rows[1]["fid"] == ""
+  assert float(rows[1]["final_loss"]) == 1.5 and float(rows[1]["final_accuracy"]) == 0.25
+  assert float(rows[0]["final_loss"]) == 2.25 and rows[0]["step"] == "30"
+  assert float(rows[1]["sample_accuracy"]) == 0.875 and rows[0]["sample_accuracy"] == ""
   if with_manifest:
-    assert rows[2]["final_loss"] == "" and rows[2]["schedule"] == "0.5/0.75"
+    assert rows[2]["final_loss"] == rows[2]["rank"] == "" and rows[2]["schedule"] == "0.5/0.75"
   md = (tmp_path / "results.md").read_text()
-  assert "| run | schedule |" in md and "| 1.5000 | 0.2500 | 0.8750 |" in md
+  assert "| rank | run | schedule |" in md and "| 1.7500 |" in md
   assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -178,10 +192,10 @@ def test_local_mode_runs_each_point_and_writes_manifest(tmp_path):
   assert sweeps.run_sweep(spec, str(tmp_path), "local", python="true", out=out) == 0
   manifest = json.loads((tmp_path / sweeps.MANIFEST).read_text())
   assert [r["name"] for r in manifest["runs"]] == [r.name for r in sweeps.plan_sweep(spec, "x")]
-  assert out.getvalue().count("true -m rar_jax.main --config=configs/digits_sweep.py") == 5
+  assert out.getvalue().count("true -m rar_jax.main --config=configs/digits_sweep.py") == 6
   # A failing run stops the sweep unless keep_going.
   assert sweeps.run_sweep(spec, str(tmp_path), "local", python="false", out=io.StringIO()) == 1
   failed = sweeps.run_sweep(
     spec, str(tmp_path), "local", python="false", keep_going=True, only="0.0", out=io.StringIO()
   )
-  assert failed == 2  # (0.0, 0.0) and (0.0, 1.0)
+  assert failed == 2  # (0.0, 0.0) and (0.0, 1.0), seed 0

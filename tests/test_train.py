@@ -207,8 +207,9 @@ def test_nonfinite_loss_stops_the_job_naming_the_step(tmp_path, data_dir):
 
 
 def test_digits_job_end_to_end(tmp_path, monkeypatch):
-  """The README's main job, shrunk: data created when absent, TensorBoard sample grids during
-  training, and the final grid and score."""
+  """The README's main job, shrunk: data created when absent (with its validation split),
+  TensorBoard sample grids and held-out raster loss during training, and the final grid,
+  score and digits FID."""
   from tensorboard.backend.event_processing import event_accumulator
 
   from configs import digits
@@ -217,6 +218,7 @@ def test_digits_job_end_to_end(tmp_path, monkeypatch):
   config.model.width, config.model.depth, config.model.mlp_dim = 32, 1, 64
   config.train.steps, config.train.global_batch = 4, 16
   config.checkpoint.every_steps, config.eval.grid_every, config.eval.samples_per_class = 4, 2, 2
+  config.eval.every_steps, config.eval.fid_samples = 3, 20
   monkeypatch.chdir(tmp_path)  # relative paths, as in the README command
   config.data.dir = "digits_data"
   train.train_and_evaluate(config, "run")
@@ -231,3 +233,7 @@ def test_digits_job_end_to_end(tmp_path, monkeypatch):
   events.Reload()
   grids = [e.step for e in events.Tensors("samples")]
   assert grids == [2, 4]
+  assert [e.step for e in events.Tensors("heldout_raster_loss")] == [3, 4]  # every 3, and last
+  (quality,) = json.loads((tmp_path / "run" / "sample_quality.json").read_text())
+  assert quality["step"] == 4 and quality["features"] == "digits" and quality["num_samples"] == 20
+  assert quality["fid"] > 0

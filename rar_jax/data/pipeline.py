@@ -14,7 +14,8 @@ import grain
 import jax
 import numpy as np
 
-from rar_jax.data.records import PathLike, TokenRecordSource
+from rar_jax.data import holdout
+from rar_jax.data.records import PathLike
 
 Batch = dict[str, np.ndarray]
 
@@ -42,7 +43,8 @@ def make_dataset(
   read_threads: int = 16,
   prefetch_buffer: int = 500,
 ) -> grain.IterDataset:
-  """Returns a dataset of local batches {"tokens": int32 [local_B, L], "label": int32 [local_B]}.
+  """Returns a dataset of local batches {"tokens": int32 [local_B, L], "label": int32 [local_B]}
+  of the records outside the data set's validation split (rar_jax.data.holdout).
 
   local_B = global_batch // process_count. Each process reads records i with
   i % process_count == process_index among the first process_count * (N // process_count), so
@@ -57,7 +59,7 @@ def make_dataset(
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is outside [0, {process_count})")
   batch = local_batch_size(global_batch, process_count)
-  source = TokenRecordSource(data_dir)
+  source = holdout.training_source(data_dir)  # a validation split is never trained on
   per_process = len(source) // process_count
   if per_process < batch:
     raise ValueError(

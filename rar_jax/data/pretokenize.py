@@ -49,7 +49,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rar_jax import atomic_files, console, distributed, entry_points, tokenizers
-from rar_jax.data import augment, records
+from rar_jax.data import augment, holdout, records
 from rar_jax.tokenizers import vqgan
 from rar_jax.tokenizers.pixel import PixelTokenizer
 
@@ -444,9 +444,14 @@ def run(
   return meta
 
 
+DIGITS_HELD_OUT = 297  # of the 1,797 digits: 1,500 train, 297 are the validation split
+
+
 def ensure_digits(data_dir: str) -> records.DatasetMetadata:
-  """The embedded digits data set in data_dir: built on first use, then just read."""
-  return run(make_config("digits"), data_dir, process_index=0, process_count=1)
+  """The embedded digits data set in data_dir, with its fixed validation split (seed 0):
+  built on first use, then just read."""
+  run(make_config("digits"), data_dir, process_index=0, process_count=1)
+  return holdout.add_split(data_dir, DIGITS_HELD_OUT, seed=0)
 
 
 def cli() -> None:

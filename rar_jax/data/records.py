@@ -142,6 +142,31 @@ class ShardWriter:
       self.abort()
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+  """The validation split: indices of records (in metadata order) never trained on, chosen by
+  `seed` (rar_jax.data.holdout)."""
+
+  seed: int
+  indices: tuple[int, ...]
+
+  def __post_init__(self):
+    object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+
+  def check(self, num_records: int) -> None:
+    """ValueError unless the indices are strictly increasing, in [0, num_records), and leave
+    at least one record to train on."""
+    idx = np.asarray(self.indices, np.int64)
+    if idx.size == 0:
+      raise ValueError("validation.indices is empty")
+    if (np.diff(idx) <= 0).any() or idx[0] < 0 or idx[-1] >= num_records:
+      raise ValueError(
+        f"validation.indices must be strictly increasing record indices in [0, {num_records})"
+      )
+    if idx.size >= num_records:
+      raise ValueError(f"validation holds all {num_records} records; none is left to train on")
+
+
 _METADATA_TYPES: dict[str, type] = {
   "record_format": str,
   "tokenizer": str,
@@ -168,6 +193,7 @@ class DatasetMetadata:
   source: str
   shards: tuple[ShardInfo, ...]
   record_format: str = RECORD_FORMAT
+  validation: HeldOut | None = None  # records held out of training (rar_jax.data.holdout)
 
   def __post_init__(self):
     object.__setattr__(self, "shards", tuple(self.shards))
@@ -184,14 +210,19 @@ class DatasetMetadata:
     counted = sum(shard.num_records for shard in self.shards)
     if self.num_records != counted:
       raise ValueError(f"num_records={self.num_records} but the shards hold {counted}")
+    if self.validation is not None:
+      self.validation.check(self.num_records)
 
   @property
   def spec(self) -> RecordSpec:
     return RecordSpec(self.seq_len, self.codebook_size, self.num_classes)
 
   def to_json(self) -> str:
-    fields = dataclasses.asdict(self)  # shards become a list of dicts
-    return json.dumps({key: fields[key] for key in _METADATA_TYPES}, indent=2) + "\n"
+    fields = dataclasses.asdict(self)  # shards (and validation) become dicts
+    out = {key: fields[key] for key in _METADATA_TYPES}
+    if self.validation is not None:
+      out["validation"] = {"seed": self.validation.seed, "indices": list(self.validation.indices)}
+    return json.dumps(out, indent=2) + "\n"
 
   @classmethod
   def from_json(cls, text: str, *, where: str = "metadata") -> DatasetMetadata:
@@ -201,10 +232,12 @@ class DatasetMetadata:
       if not isinstance(raw, dict):
         raise ValueError("top level is not a JSON object")
       fields = {key: _get(raw, key, typ) for key, typ in _METADATA_TYPES.items()}
-      unknown = sorted(set(raw) - set(_METADATA_TYPES))
+      unknown = sorted(set(raw) - set(_METADATA_TYPES) - {"validation"})
       if unknown:
         raise ValueError(f"unknown key {unknown[0]!r}")
       fields["shards"] = tuple(_shard_info(i, s) for i, s in enumerate(fields["shards"]))
+      if "validation" in raw:
+        fields["validation"] = _held_out(raw["validation"])
       return cls(**fields)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from None
@@ -226,6 +259,15 @@ def _shard_info(index: int, raw: Any) -> ShardInfo:
   if info.num_records < 0:
     raise ValueError(f"key 'shards'[{index}].num_records is negative")
   return info
+
+
+def _held_out(raw: Any) -> HeldOut:
+  if not isinstance(raw, dict) or set(raw) != {"seed", "indices"}:
+    raise ValueError("key 'validation' must be {'seed': int, 'indices': [int, ...]}")
+  indices = _get(raw, "indices", list)
+  if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+    raise ValueError("key 'validation'.indices must hold integers")
+  return HeldOut(_get(raw, "seed", int), tuple(indices))
 
 
 def write_metadata(data_dir: PathLike, meta: DatasetMetadata) -> str:

@@ -1,5 +1,8 @@
-"""The results of a sweep: each run's TensorBoard scalars and sample score, collected into
-results.md, results.csv and a loss-per-step plot (`rar-sweep collect`)."""
+"""The results of a sweep: each run's TensorBoard scalars (training and held-out raster loss),
+sample quality (sample_quality.json: FID or digits FID, IS) and sample score (class
+consistency), collected into results.md, results.csv and loss.png, the held-out raster loss per
+step of every run (`rar-sweep collect`). Runs are ranked by their last held-out
+raster loss: the same order and data for every schedule, unlike the training loss."""
 
 from __future__ import annotations
 
@@ -17,10 +20,14 @@ from rar_jax import atomic_files
 from rar_jax.tools import sweeps
 from rar_jax.tools.sweeps import Point
 
+HELDOUT = "heldout_raster_loss"
+TAGS = ("loss", "accuracy", HELDOUT, "heldout_raster_bits_per_token", "heldout_raster_accuracy")
+
 
 @dataclasses.dataclass
 class RunResult:
-  """What one run's workdir holds: its scalars and an optional sample score."""
+  """What one run's workdir holds: its scalars, sample quality and sample score (the last
+  entry of sample_quality.json, sample_score.json; empty when absent)."""
 
   name: str
   workdir: str
@@ -30,9 +37,12 @@ class RunResult:
   final: dict[str, float]
   final_step: int | None
   sample: dict[str, Any]
+  heldout_steps: list[int] = dataclasses.field(default_factory=list)
+  heldout_losses: list[float] = dataclasses.field(default_factory=list)
+  quality: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def read_scalars(workdir: str, tags: Sequence[str] = ("loss", "accuracy")) -> dict[str, dict]:
+def read_scalars(workdir: str, tags: Sequence[str] = TAGS) -> dict[str, dict]:
   """{tag: {step: value}} of the TensorBoard event files directly in workdir. CLU writes
   through tf.summary, so scalars arrive as tensors; plain scalar events are read too. A later
   event of the same step (a resumed run) wins."""
@@ -88,15 +98,14 @@ def collect(base_workdir: str) -> list[RunResult]:
     scalars = (
       read_scalars(workdir)
       if epath.Path(workdir).exists()
-      else {"loss": {}, "accuracy": {}}  # not started
+      else {tag: {} for tag in TAGS}  # not started
     )
     final = {tag: list(v.values())[-1] for tag, v in scalars.items() if v}
     loss = scalars.get("loss", {})
     steps = sorted({s for v in scalars.values() for s in v})
-    sample: dict[str, Any] = {}
-    score_path = epath.Path(sweeps.join_path(workdir, sweeps.SAMPLE_SCORE))
-    if score_path.exists():
-      sample = json.loads(score_path.read_text())
+    sample = _read_json(sweeps.join_path(workdir, sweeps.SAMPLE_SCORE), {})
+    quality = _read_json(sweeps.join_path(workdir, sweeps.SAMPLE_QUALITY), [])
+    heldout = scalars.get(HELDOUT, {})
     results.append(
       RunResult(
         name=name,
@@ -107,9 +116,18 @@ def collect(base_workdir: str) -> list[RunResult]:
         final=final,
         final_step=steps[-1] if steps else None,
         sample=sample,
+        heldout_steps=list(heldout),
+        heldout_losses=list(heldout.values()),
+        quality=quality[-1] if quality else {},
       )
     )
   return results
+
+
+def _read_json(path: str, default: Any) -> Any:
+  """The JSON in path, or default when there is no such file (the run has not written it)."""
+  file = epath.Path(path)
+  return json.loads(file.read_text()) if file.exists() else default
 
 
 def _schedule(overrides: Mapping[str, Any]) -> str:
@@ -133,10 +151,17 @@ def _cell(value: Any) -> str:
   return str(value)
 
 
+def _rank_key(r: RunResult) -> tuple[bool, float]:
+  heldout = r.final.get(HELDOUT)
+  return (heldout is None, heldout if heldout is not None else 0.0)
+
+
 def results_table(results: Sequence[RunResult]) -> tuple[list[str], list[list[str]]]:
-  """(header, rows): run, schedule (anneal start/end), the varying overrides, last step,
-  final loss and accuracy, then sample_<key> for every key of any sample_score.json
-  (sample_accuracy always; empty where a run has none)."""
+  """(header, rows), best held-out raster loss first (runs without one last, in their order):
+  rank, run, schedule (anneal start/end), the varying overrides, last step, held-out raster
+  loss / bits per token / accuracy, fid and inception_score (sample_quality.json; fid is the
+  digits FID for digits runs), sample_<key> of every key of any sample_score.json
+  (sample_accuracy always), then the last training loss and accuracy."""
   keys: list[str] = []
   for r in results:
     keys += [k for k in r.overrides if k not in keys]
@@ -146,14 +171,22 @@ def results_table(results: Sequence[RunResult]) -> tuple[list[str], list[list[st
   sample_keys = ["accuracy"]
   for r in results:
     sample_keys += [k for k in r.sample if k not in sample_keys]
-  header = ["run", "schedule", *(short[k] for k in keys), "step", "final_loss", "final_accuracy"]
-  header += [f"sample_{k}" for k in sample_keys]
+  quality_keys = ["fid"] + (
+    ["inception_score"] if any("inception_score" in r.quality for r in results) else []
+  )
+  header = ["rank", "run", "schedule", *(short[k] for k in keys), "step"]
+  header += ["heldout_raster_loss", "heldout_bits_per_token", "heldout_raster_accuracy"]
+  header += quality_keys + [f"sample_{k}" for k in sample_keys]
+  header += ["final_loss", "final_accuracy"]
   rows = []
-  for r in results:
-    row = [r.name, _schedule(r.overrides)]
+  for rank, r in enumerate(sorted(results, key=_rank_key), start=1):
+    row = [str(rank) if HELDOUT in r.final else "", r.name, _schedule(r.overrides)]
     row += [sweeps.format_value(r.overrides[k]) if k in r.overrides else "" for k in keys]
-    row += [_cell(r.final_step), _cell(r.final.get("loss")), _cell(r.final.get("accuracy"))]
+    row += [_cell(r.final_step)]
+    row += [_cell(r.final.get(t)) for t in TAGS[2:]]
+    row += [_cell(r.quality.get(k)) for k in quality_keys]
     row += [_cell(r.sample.get(k)) for k in sample_keys]
+    row += [_cell(r.final.get("loss")), _cell(r.final.get("accuracy"))]
     rows.append(row)
   return header, rows
 
@@ -162,9 +195,11 @@ def markdown(base_workdir: str, header: list[str], rows: list[list[str]]) -> str
   lines = [
     f"# Sweep results: {base_workdir}",
     "",
-    "Final loss/accuracy are the last logged training values (teacher forcing, in the order",
-    "the run trained on at that step: compare schedules that end in raster order among",
-    "themselves). sample_* come from each run's sample_score.json.",
+    "Ranked by the last held-out raster loss (teacher forcing in raster order, the sampler's,",
+    "on the data set's validation split; bits per token = loss / ln 2). fid: FID of the run's",
+    "samples (sample_quality.json; the digits FID for digits runs); sample_*: class",
+    "consistency (sample_score.json). final_loss/accuracy are the last training values, in the",
+    "order the run trained on at that step: not comparable across schedules.",
     "",
     "| " + " | ".join(header) + " |",
     "|" + "---|" * len(header),
@@ -179,19 +214,21 @@ def _plot(results: Sequence[RunResult], title: str) -> bytes:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(8, 5))
+  fig, axes = plt.subplots(1, 2, figsize=(12, 5))
   for r in results:
-    if r.steps:
-      schedule = _schedule(r.overrides)
-      varied = [v for v in r.overrides.values() if v is not None]
-      label = f"anneal {schedule}" if schedule and len(varied) <= 2 else r.name
-      ax.plot(r.steps, r.losses, label=label, linewidth=1.2)
-  ax.set_xlabel("step")
-  ax.set_ylabel("training loss")
-  ax.set_title(title, fontsize=9)
-  ax.grid(alpha=0.3)
-  if any(r.steps for r in results):
-    ax.legend(fontsize=7)
+    schedule = _schedule(r.overrides)
+    varied = [v for v in r.overrides.values() if v is not None]
+    label = f"anneal {schedule}" if schedule and len(varied) <= 2 else r.name
+    axes[0].plot(r.heldout_steps, r.heldout_losses, label=label, linewidth=1.2, marker=".")
+    axes[1].plot(r.steps, r.losses, label=label, linewidth=1.0)
+  axes[0].set_ylabel("held-out raster loss")
+  axes[1].set_ylabel("training loss (the order trained on)")
+  for ax in axes:
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if ax.lines and any(len(line.get_xdata()) for line in ax.lines):
+      ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=9)
   buf = io.BytesIO()
   fig.tight_layout()
   fig.savefig(buf, format="png", dpi=120)

@@ -42,7 +42,8 @@ from rar_jax import atomic_files
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MANIFEST = "sweep.json"
-SAMPLE_SCORE = "sample_score.json"
+SAMPLE_SCORE = "sample_score.json"  # training.previews.SCORE_FILE
+SAMPLE_QUALITY = "sample_quality.json"  # training.sample_eval.QUALITY_FILE
 # What precedes the rar_jax.main arguments in each mode; tpu/gpu also get WORKDIR=<workdir>.
 LAUNCHERS: dict[str, tuple[str, ...]] = {
   "tpu": ("bash", "launch/tpu.sh", "train", "--"),

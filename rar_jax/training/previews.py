@@ -30,7 +30,9 @@ class Previews:
     self.sampler = decoding.make_sampler(cfg, decoding.SamplingConfig.from_group(config.sampling))
     self.key = jax.random.fold_in(jax.random.key(config.seed), 0x5A)
     self.tokenizer = None
-    if config.eval.grid_every or config.eval.samples_per_class:
+    e = config.eval  # sample_eval.enabled: the run scores fid_samples samples
+    scores = e.fid_samples and (e.fid_features == "digits" or e.inception_weights)
+    if e.grid_every or e.samples_per_class or scores:
       try:
         self.tokenizer = tokenizers.build(config.tokenizer, config.image_size)
       except FileNotFoundError as err:

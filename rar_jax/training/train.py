@@ -16,17 +16,19 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from rar_jax import console, sharding
-from rar_jax.data import datasets, pipeline
+from rar_jax.data import datasets, holdout, pipeline
 from rar_jax.model import presets
 from rar_jax.model.presets import ModelConfig
 from rar_jax.training import (
   checkpointing,
+  eval_step,
   metrics,
   optim,
   previews,
   profiling,
   progress_line,
   randomization,
+  sample_eval,
   train_state,
   train_step,
 )
@@ -143,8 +145,13 @@ def _restore_or_init(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
   """Trains (or resumes) the model described by config, writing everything under workdir."""
   plan = resolve(config)
+  sample_eval.check_config(config.eval)
   rules = sharding.LOGICAL_RULES
   data_dir = datasets.prepare(config.data, plan.model)
+  scores = sample_eval.enabled(config.eval)
+  if config.eval.every_steps or (scores and config.eval.fid_features == "digits"):
+    holdout.require_split(data_dir)
+  scorer = sample_eval.build_scorer(config, data_dir) if scores else None
   data_iter = iter(
     pipeline.make_dataset(
       data_dir,
@@ -167,6 +174,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     workdir,
   )
   compiled, compile_s = _compile_step(plan, config, optimizer, abstract, rules)
+  heldout = None
+  if config.eval.every_steps:
+    heldout = eval_step.HeldOutEval(
+      data_dir, plan.model, plan.mesh, abstract.params, plan.global_batch, rules
+    )
 
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0, asynchronous=True
@@ -181,6 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   profiler = profiling.StepProfiler(config.profile, workdir)
   progress = periodic_actions.ReportProgress(num_train_steps=plan.total_steps, writer=writer)
   preview = previews.Previews(config, plan.model, plan.mesh)
+  samples = sample_eval.SampleEval(config, scorer, preview) if scorer else None
   batch_sh = sharding.batch_sharding(plan.mesh)
   guard = PreemptionGuard()
   try:
@@ -192,6 +205,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       logger.push(step, step_metrics)
       progress(step)
       preview.maybe_write_grid(step, state.params, writer)
+      if heldout and (step % config.eval.every_steps == 0 or step == plan.total_steps):
+        writer.write_scalars(step, heldout(state.params))
+      if samples and samples.due(step, plan.total_steps):
+        with progress.timed("sample_quality"):
+          quality = samples.run(step, state.params, writer, workdir)
+        logging.info("Sample quality at step %d: %s", step, quality)
       preempted = guard.should_stop(step, manager)
       last = preempted or step == plan.total_steps
       if last or step % config.checkpoint.every_steps == 0:
