@@ -120,7 +120,7 @@ def pixel_data(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("pixel_data"))
   spec = records.RecordSpec(seq_len=16, codebook_size=17, num_classes=10)
   rng = np.random.default_rng(0)
-  shard = records.write_shard(
+  shard = train_worker.write_shard(
     os.path.join(data_dir, records.shard_filename("train", 0, 0)),
     spec,
     rng.integers(0, 17, (64, 16)),
