@@ -390,7 +390,7 @@ def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) ->
   if a.compiler == "tpu":
     lines += [
       "Compiled by the TPU compiler (libtpu) for this topology: the memory is the TPU program's;",
-      "the runtime reserves part of HBM. The time ignores input stalls beyond what the MFU assumes.",
+      "the runtime reserves part of HBM. The time ignores input stalls beyond the MFU assumed.",
     ]
     return "\n".join(lines)
   lines += [
