@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from rar_jax import host_memory, sharding
-from rar_jax.model import presets
+from rar_jax.model import numerics, presets
 from rar_jax.sampling import decoding
 from rar_jax.training import metrics, optim, train_state, train_step
 
@@ -158,6 +158,7 @@ def bench_compile_only(
 
   chip, dims = tpu_compiler.parse_slice(topology)
   mesh = sharding.make_mesh((-1, 1, 1), 1, tpu_compiler.devices(chip, dims))
+  cfg = numerics.for_platform(cfg, "tpu")
   if mode == "train":
     program = lambda c: compiled_costs.train_program(c, mesh, batch)[0]  # noqa: E731
     flops = metrics.train_flops_per_sequence(cfg) * batch
@@ -210,6 +211,8 @@ def _cli() -> None:
   flags.DEFINE_float("guidance", 6.9, "Guidance scale (sample); 0 disables guidance.")
   flags.DEFINE_bool("decode", False, "Include VQGAN decoding (sample).")
   flags.DEFINE_string("profile_dir", None, "Also write a jax.profiler trace of the timed calls.")
+  for key, choices in numerics.CHOICES.items():
+    flags.DEFINE_enum(key, "auto", ["auto", *choices], f"model.{key} (rar_jax/model/numerics.py).")
   flags.DEFINE_bool(
     "compile_only", False, "Compile for --topology with the TPU compiler instead of running."
   )
@@ -233,9 +236,11 @@ def _cli() -> None:
         "remat_policy": f.remat,
         "scan_layers": f.scan,
         "attention_blocks": f.attention_blocks,
+        **{key: getattr(f, key) for key in numerics.CHOICES},
       }
     )
     if f.compile_only:
+      cfg = numerics.for_platform(cfg, "tpu")
       result = bench_compile_only(mode, cfg, f.batch, f.topology, f.guidance)
     elif mode == "train":
       result = bench_train(cfg, f.batch, f.steps, f.warmup, f.profile_dir)
@@ -262,6 +267,7 @@ def _cli() -> None:
           "remat": cfg.remat_policy,
           "scan": cfg.scan_layers,
           "attention_blocks": cfg.attention_blocks,
+          **{k: numerics.impl(cfg, k) for k in numerics.CHOICES},
           "compile_s": round(result["compile_s"], 3),
           "step_s": round(result["step_s"], 5),
           "images_per_s": round(f.batch / result["step_s"], 3),
