@@ -85,7 +85,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from rar_jax import sharding  # noqa: E402
+from rar_jax import atomic_files, sharding  # noqa: E402
 from rar_jax.model.presets import ModelConfig  # noqa: E402
 from rar_jax.training import metrics, optim, train, train_state, train_step  # noqa: E402
 
@@ -473,6 +473,10 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
   return values
 
 
+class DoesNotFit(Exception):
+  """The TPU compiler refused the program: it needs more HBM than the chip has."""
+
+
 def _set_slices(config: Any, num_slices: int) -> None:
   """--num_slices sets mesh.dcn_data (the data axis spans the slices)."""
   if num_slices < 1:
@@ -539,12 +543,23 @@ def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
   _set_slices(values.config, values.num_slices)
   devices = _target_devices(values.compiler, chip, count, dims, values.num_slices)
   config_name = _flag_value(argv, "config") or ""
-  analysis = analyze(values.config, devices, config_name, values.xla_flops)
+  try:
+    analysis = analyze(values.config, devices, config_name, values.xla_flops)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    # The TPU compiler refuses a program that cannot fit the chip's HBM, naming what it needs.
+    message = str(e).strip().splitlines()[0]
+    text = f"RAR plan: {config_name} on {topology}\nDOES NOT FIT (the TPU compiler): {message}"
+    if values.json_out:
+      report = {"config": config_name, "topology": topology, "compiler": "tpu"}
+      report.update(verdict="DOES NOT FIT", compiler_message=message)
+      atomic_files.write_text(values.json_out, json.dumps(report, indent=2))
+    raise DoesNotFit(text) from e
   est = estimate(analysis, chip, values.mfu, values.hbm_gib)
   text = render(analysis, est, chip, topology)
   if values.json_out:
-    with open(values.json_out, "w") as f:
-      json.dump(to_json(analysis, est, topology), f, indent=2)
+    atomic_files.write_text(values.json_out, json.dumps(to_json(analysis, est, topology), indent=2))
   return analysis, est, text
 
 
@@ -559,6 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, flags.Error) as e:
     print(f"rar_jax.tools.plan: {e}", file=sys.stderr)
     return 2
+  except DoesNotFit as e:
+    print(e)
+    return 1
   del est
   print(text)
   return 0
