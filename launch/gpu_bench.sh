@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The GPU benchmarks (docs/gpu.md), in one call (e.g. on a single H100/H200):
-#   RAR-B training, bf16, at a batch that fills the chip (full remat), and
-#   RAR-XL sampling with guidance at batch 256, bf16, VQGAN decoding included.
-# Prints one JSON line per measurement (rar_jax.tools.bench). --dry-run prints the commands only.
+# The GPU benchmarks (docs/gpu.md), in one call of at most 8 minutes (e.g. on a single H100/H200), as the A/B
+# of every numerics switch (rar_jax/model/numerics.py; the GPU default is the library paths):
+#   RAR-B training, bf16, at a batch that fills the chip (full remat): all library paths, then
+#   each hand-written path in turn;
+#   RAR-XL sampling with guidance at batch 256, bf16, VQGAN decoding included: attention xla
+#   (the GPU default) and custom.
+# Prints one JSON line per variant (rar_jax.tools.bench; the switches are fields of each line).
+# --dry-run prints the commands only.
 #
 #   bash launch/gpu_bench.sh [--dry-run] [--train-batch N]
 set -euo pipefail
@@ -21,14 +25,25 @@ done
 
 py="${PYTHON:-python}"
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}"
+library="--attention_impl=xla --layer_norm_impl=flax --gelu_dropout_impl=autodiff --linear_impl=dot_general"
+train="$py -m rar_jax.tools.bench train --variant=B --batch=$train_batch --dtype=bfloat16 --remat=full --steps=10 --warmup=2 $library"
+sample="$py -m rar_jax.tools.bench sample --variant=XL --batch=256 --dtype=bfloat16 --guidance=6.9 --decode --steps=3 --warmup=1 $library"
 commands=(
-  "$py -m rar_jax.tools.bench train --variant=B --batch=$train_batch --dtype=bfloat16 --remat=full --steps=20 --warmup=3"
-  "$py -m rar_jax.tools.bench sample --variant=XL --batch=256 --dtype=bfloat16 --guidance=6.9 --decode --steps=5 --warmup=1"
+  "$train"
+  "$train --attention_impl=custom"
+  "$train --attention_impl=autodiff"
+  "$train --layer_norm_impl=custom"
+  "$train --gelu_dropout_impl=custom"
+  "$train --linear_impl=flat"
+  "$sample"
+  "$sample --attention_impl=custom"
 )
+deadline=$((SECONDS + 480))
 for cmd in "${commands[@]}"; do
   if [[ $dry_run == 1 ]]; then
     echo "$cmd"
-  else
-    $cmd
+  elif ((SECONDS < deadline)); then
+    # shellcheck disable=SC2086  # each command is split into its words on purpose
+    timeout $((deadline - SECONDS)) $cmd || echo "gpu_bench.sh: failed or out of time: $cmd" >&2
   fi
 done

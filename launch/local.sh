@@ -9,13 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${RAR_VENV:-.venv}"
-stamp="$venv/.rar_jax-installed"
+extras="test"
+# The tests also compile for TPU slices with the real TPU compiler (tests/test_tpu_compile.py):
+# the [tpu] extra brings libtpu at setup.cfg's jax pin; it runs on a CPU-only machine too.
+[[ "${1:-train}" == test ]] && extras="test,tpu"
+stamp="$venv/.rar_jax-installed-$extras"
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
 fi
 if [[ ! -f "$stamp" || setup.cfg -nt "$stamp" ]]; then
   # torch (CPU) only serves the tests of the .bin reader/writer; the package itself never needs it.
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' torch==2.13.0
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" torch==2.13.0
   touch "$stamp"
 fi
 py="$venv/bin/python"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rar_jax import sharding
-from rar_jax.model import convert, layers, presets, rar
+from rar_jax.model import convert, layers, numerics, presets, rar
 from rar_jax.training import losses, randomization
 from tests.official_reference import official_forward
 
@@ -34,10 +34,19 @@ def _random_official(cfg, seed=0):
   }
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_golden_logits_and_loss(golden, scan_layers):
+# Every value of every numerics switch (rar_jax/model/numerics.py) appears in one setting.
+HAND_WRITTEN = {k: v[0] for k, v in numerics.CHOICES.items()}
+SWITCHES = [HAND_WRITTEN, numerics.LIBRARY, {**numerics.LIBRARY, "attention_impl": "autodiff"}]
+
+
+@pytest.mark.parametrize(
+  "scan_layers, switches",
+  [(True, {}), (False, {})] + [(True, s) for s in SWITCHES],
+  ids=["scan", "unrolled", "hand_written", "library", "autodiff_attention"],
+)
+def test_golden_logits_and_loss(golden, scan_layers, switches):
   g, state, sizes = golden
-  cfg = presets.resolve({**sizes, "scan_layers": scan_layers})
+  cfg = presets.resolve({**sizes, "scan_layers": scan_layers, **switches})
   params = convert.load_official(state, cfg)
   logits = rar.forward(cfg, params, g["tokens"], g["labels"], g["orders"])
   assert logits.shape == (3, 257, 1024)
@@ -234,6 +243,42 @@ def test_scan_and_remat_variants_compute_the_same_gradients():
     assert value == pytest.approx(results[0][0], abs=1e-6)
     for key in grads:
       np.testing.assert_allclose(grads[key], results[0][1][key], atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("switches", SWITCHES[1:], ids=["library", "autodiff_attention"])
+def test_numeric_switches_compute_the_same_training_gradients(switches):
+  """With dropout on (the same hash masks on every path), the library paths' gradients equal
+  the hand-written backwards'."""
+  base = _small_cfg(**HAND_WRITTEN)
+  state = _random_official(base)
+  rng = np.random.default_rng(6)
+  tokens = jnp.asarray(rng.integers(0, 64, (2, 16)))
+  labels = jnp.array([2, 10])
+  orders = randomization.sample_orders(jax.random.key(4), 2, 16, 1.0)
+  results = []
+  for cfg in (base, presets.resolve({**base.__dict__, **switches, "variant": None})):
+    params = convert.from_official(state, cfg)
+
+    def loss(p, cfg=cfg):
+      logits = rar.forward(cfg, p, tokens, labels, orders, dropout_rng=jax.random.key(7))
+      return losses.next_token_loss(logits, randomization.permute(tokens, orders))[0]
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    results.append((float(value), convert.to_official(grads, cfg)))
+  assert results[1][0] == pytest.approx(results[0][0], abs=1e-6)
+  for key in results[0][1]:
+    np.testing.assert_allclose(results[1][1][key], results[0][1][key], atol=2e-6, err_msg=key)
+
+
+def test_numeric_switches_are_validated_and_resolved_per_backend():
+  with pytest.raises(ValueError, match=r"model.layer_norm_impl must be one of \('auto', "):
+    _small_cfg(layer_norm_impl="fast")
+  cfg = _small_cfg()
+  assert (
+    numerics.for_platform(cfg, "tpu").attention_impl == numerics.DEFAULTS["tpu"]["attention_impl"]
+  )
+  assert numerics.impl(cfg, "linear_impl") == numerics.DEFAULTS["cpu"]["linear_impl"]
+  assert numerics.for_platform(_small_cfg(linear_impl="flat"), "gpu").linear_impl == "flat"
 
 
 def _hashed_bits(key, shape):

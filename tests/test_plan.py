@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from rar_jax.tools import chips, plan
+from rar_jax.tools import chips, plan, tpu_compiler
 
 ARGV = [
   "plan",
@@ -12,6 +12,7 @@ ARGV = [
   "--devices=8",
   "--chip=v5e",
   "--hbm_gib=0.0001",
+  "--compiler=cpu",  # the XLA:CPU stand-in (tests/test_tpu_compile.py plans with libtpu)
   # Unrolled, so the one compile also gives XLA's FLOP count (a scanned config needs two more).
   "--config.model.scan_layers=False",
 ]
@@ -90,7 +91,14 @@ def test_plan_rejects_bad_arguments():
   with pytest.raises(ValueError, match="is 8 chips"):
     plan.run(["plan", "--config=configs/digits.py", "--topology=v5p-16", "--devices=4"])
   with pytest.raises(RuntimeError, match="devices requested"):
-    plan.run(["plan", "--config=configs/digits.py", "--devices=64"])
+    plan.run(["plan", "--config=configs/digits.py", "--devices=64", "--compiler=cpu"])
+  with pytest.raises(ValueError, match="chip 'h100' has no TPU compiler target"):
+    plan.run(["plan", "--config=configs/digits.py", "--topology=h100-8", "--compiler=tpu"])
+  with pytest.raises(ValueError, match="--num_slices=2 contradicts --config.mesh.dcn_data=4"):
+    plan.run(
+      ["plan", "--config=configs/digits.py", "--topology=v5p-8", "--num_slices=2"]
+      + ["--config.mesh.dcn_data=4"]
+    )
 
 
 def test_simulated_device_flags(monkeypatch):
@@ -99,3 +107,35 @@ def test_simulated_device_flags(monkeypatch):
   plan._simulate_host_devices(64)
   assert os.environ["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=64"
   assert os.environ["JAX_PLATFORMS"] == "cpu"
+
+
+@pytest.mark.parametrize(
+  "bad, match",
+  [
+    ("v9:2x2", "unknown chip 'v9'"),
+    ("h100:2x2", "no TPU compiler target"),
+    ("v5p:2x2", "3 positive dims"),
+    ("v5p-128x", "not of the form"),
+  ],
+)
+def test_bad_topologies_are_named(bad, match):
+  with pytest.raises(ValueError, match=match):
+    if ":" in bad:
+      tpu_compiler.parse_slice(bad)
+    else:
+      chips.parse_topology(bad)
+
+
+@pytest.mark.parametrize(
+  "chip, count, dims",
+  [("v5p", 4, (2, 2, 1)), ("v5p", 16, (2, 2, 4)), ("v5p", 64, (4, 4, 4)), ("v6e", 64, (8, 8))],
+)
+def test_slice_shape(chip, count, dims):
+  assert tpu_compiler.slice_shape(chips.chip_by_name(chip), count) == dims
+
+
+def test_slice_shape_rejects_gpus_and_odd_counts():
+  with pytest.raises(ValueError, match="'h100' has no TPU compiler target"):
+    tpu_compiler.slice_shape(chips.chip_by_name("h100"), 8)
+  with pytest.raises(ValueError, match="12 v5p chips is not a TPU slice"):
+    tpu_compiler.slice_shape(chips.chip_by_name("v5p"), 12)

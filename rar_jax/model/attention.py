@@ -131,3 +131,30 @@ def _attention_bwd(scale, rate, blocks, residuals, dout):
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attend(
+  impl: str,
+  q: Array,
+  k: Array,
+  v: Array,
+  mask: Array,
+  seeds: Array | None,
+  scale: float,
+  rate: float,
+  blocks: int = 1,
+) -> Array:
+  """`attention` by implementation (model.attention_impl, `rar_jax.model.numerics`): "custom"
+  the hand-written backward; "autodiff" the same forward under plain autodiff; "xla"
+  `jax.nn.dot_product_attention` when no dropout applies (else as "autodiff"). Shapes as
+  `attention`."""
+  if impl == "custom":
+    return attention(q, k, v, mask, seeds, scale, rate, blocks)
+  if impl == "xla" and (seeds is None or rate == 0.0):
+    out = jax.nn.dot_product_attention(
+      *(jnp.swapaxes(a, 1, 2) for a in (q, k, v)),  # [B, T, H, K]
+      mask=mask[None, None],  # [1, 1, T, S]
+      scale=scale,
+    )
+    return jnp.swapaxes(out, 1, 2).astype(v.dtype)
+  return _forward(q, k, v, mask, seeds, scale, rate, blocks)[0]

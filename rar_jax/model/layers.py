@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rar_jax.model import attention, dropout, normalization
+from rar_jax.model import attention, dropout, normalization, numerics
 from rar_jax.model.presets import ModelConfig
 
 LN_EPS = 1e-6
@@ -67,8 +67,21 @@ class LayerNorm(nn.Module):
 
 
 def layer_norm(cfg: ModelConfig, name: str, affine: bool = True, axis_name: str = "norm"):
-  """The LayerNorm module of the generator, computing in the config's dtype."""
-  return LayerNorm(compute_dtype(cfg), affine, axis_name, name=name)
+  """The LayerNorm module of the generator, computing in the config's dtype: ours, or Flax's
+  with the same parameters ("scale", "bias", the same logical names) per model.layer_norm_impl."""
+  if numerics.impl(cfg, "layer_norm_impl") == "custom":
+    return LayerNorm(compute_dtype(cfg), affine, axis_name, name=name)
+  return nn.LayerNorm(
+    epsilon=LN_EPS,
+    dtype=compute_dtype(cfg),
+    param_dtype=jnp.float32,
+    use_bias=affine,
+    use_scale=affine,
+    scale_init=ones_init((axis_name,)),
+    bias_init=zeros_init((axis_name,)),
+    use_fast_variance=False,
+    name=name,
+  )
 
 
 class Linear(nn.Module):
@@ -81,6 +94,7 @@ class Linear(nn.Module):
   dtype: Any
   num_in: int = 1
   zero_init: bool = False
+  flat: bool = True  # model.linear_impl: "flat" where the sharding allows, else "dot_general"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -91,7 +105,7 @@ class Linear(nn.Module):
     bias = self.param("bias", zeros_init(bias_axes), self.features, jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     in_axes, out_axes = self.kernel_axes[: self.num_in], self.kernel_axes[self.num_in :]
-    if _mergeable(in_axes) and _mergeable(out_axes):
+    if self.flat and _mergeable(in_axes) and _mergeable(out_axes):
       # One [N, in] x [in, out] matmul: XLA:CPU runs the flat form and its gradients faster
       # than the N-d contraction (measured in docs/performance.md).
       n_in, n_out = math.prod(in_shape), math.prod(self.features)
@@ -100,6 +114,11 @@ class Linear(nn.Module):
     else:
       y = jnp.tensordot(x, kernel, axes=self.num_in)
     return y + bias.astype(self.dtype)
+
+
+def flat_matmuls(cfg: ModelConfig) -> bool:
+  """Whether `Linear` layers use the flat matmul (model.linear_impl)."""
+  return numerics.impl(cfg, "linear_impl") == "flat"
 
 
 def _mergeable(axes: tuple[str | None, ...]) -> bool:
@@ -154,6 +173,7 @@ class AdaLNModulation(nn.Module):
       ("embed", "modulation", "mod_embed"),
       compute_dtype(self.cfg),
       zero_init=True,
+      flat=flat_matmuls(self.cfg),
       name="linear",
     )(c)  # [B, T, n, D]
     # split, not n slices: its gradient is one concatenate instead of a sum of n padded arrays
@@ -177,7 +197,11 @@ class Attention(nn.Module):
     cfg = self.cfg
     dtype = compute_dtype(cfg)
     qkv = Linear(
-      (3, cfg.heads, cfg.head_dim), ("embed", "qkv", "heads", "head_dim"), dtype, name="qkv"
+      (3, cfg.heads, cfg.head_dim),
+      ("embed", "qkv", "heads", "head_dim"),
+      dtype,
+      flat=flat_matmuls(cfg),
+      name="qkv",
     )(x)  # [B, T, 3, H, K]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, K] each
     q = layer_norm(cfg, "q_norm", axis_name="head_dim")(q)
@@ -199,13 +223,15 @@ class Attention(nn.Module):
       k_pos = jnp.arange(k.shape[2])
     mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
     seeds, rate = dropout_args(self, cfg.attn_dropout, self.deterministic)
-    out = attention.attention(q, k, v, mask, seeds, cfg.head_dim**-0.5, rate, blocks)
+    out = attention.attend(
+      numerics.impl(cfg, "attention_impl"), q, k, v, mask, seeds, cfg.head_dim**-0.5, rate, blocks
+    )
     # out: [B, H, T, K]
     out = jnp.swapaxes(out, 1, 2)  # [B, T, H, K]
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
-    out = Linear((cfg.width,), ("heads", "head_dim", "embed"), dtype, num_in=2, name="proj")(
-      out
-    )  # [B, T, D]
+    out = Linear(
+      (cfg.width,), ("heads", "head_dim", "embed"), dtype, 2, flat=flat_matmuls(cfg), name="proj"
+    )(out)  # [B, T, D]
     out = Dropout(cfg.dropout, self.deterministic)(out)
     return out, new_cache
 
@@ -220,10 +246,15 @@ class Mlp(nn.Module):
   def __call__(self, x: Array) -> Array:
     cfg = self.cfg
     dtype = compute_dtype(cfg)
-    h = Linear((cfg.mlp_dim,), ("embed", "mlp"), dtype, name="fc1")(x)  # [B, T, M]
+    flat = flat_matmuls(cfg)
+    h = Linear((cfg.mlp_dim,), ("embed", "mlp"), dtype, flat=flat, name="fc1")(x)  # [B, T, M]
     h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
-    h = dropout.gelu_then_drop(h, *dropout_args(self, cfg.dropout, self.deterministic))
-    h = Linear((cfg.width,), ("mlp", "embed"), dtype, name="fc2")(h)  # [B, T, D]
+    seeds, rate = dropout_args(self, cfg.dropout, self.deterministic)
+    if numerics.impl(cfg, "gelu_dropout_impl") == "custom":
+      h = dropout.gelu_then_drop(h, seeds, rate)
+    else:
+      h = dropout.drop(jax.nn.gelu(h, approximate=False), seeds, rate)
+    h = Linear((cfg.width,), ("mlp", "embed"), dtype, flat=flat, name="fc2")(h)  # [B, T, D]
     return Dropout(cfg.dropout, self.deterministic)(h)
 
 

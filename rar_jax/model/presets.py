@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from rar_jax.model import numerics
+
 # variant -> (width, depth, heads, mlp_dim); paper Tab. 1 and README_RAR.md.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
   "B": (768, 24, 16, 3072),
@@ -47,6 +49,11 @@ class ModelConfig:
   # Query blocks of the causal training attention (`rar_jax.model.attention`): 4 skips ~3/8 of the
   # [T, T] logit work; 1 computes the full square. The result is the same either way.
   attention_blocks: int = 4
+  # Numeric paths (`rar_jax.model.numerics`): "auto" = the backend's default there.
+  attention_impl: str = "auto"
+  layer_norm_impl: str = "auto"
+  gelu_dropout_impl: str = "auto"
+  linear_impl: str = "auto"
 
   @property
   def head_dim(self) -> int:
@@ -91,6 +98,7 @@ class ModelConfig:
       raise ValueError(
         f"model.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}"
       )
+    numerics.validate(self)
     if self.codebook_size > 65535:
       raise ValueError(f"model.codebook_size={self.codebook_size} does not fit uint16 records")
     return self

@@ -143,7 +143,9 @@ class RAR(nn.Module):
     c = nn.silu(c)  # every AdaLN layer reads silu(c): compute it once
     x, cache = BlockStack(cfg, self.deterministic, name="blocks")(x, c, start, cache)
     x = layers.FinalLayer(cfg, name="final")(x, c)
-    logits = layers.Linear((cfg.codebook_size,), ("embed", "codes"), dtype, name="lm_head")(x)
+    logits = layers.Linear(
+      (cfg.codebook_size,), ("embed", "codes"), dtype, flat=layers.flat_matmuls(cfg), name="lm_head"
+    )(x)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "act_codes"))
     return logits.astype(jnp.float32), cache
 

@@ -333,6 +333,19 @@ def check_float_images(images: Any, ndims: tuple[int, ...]) -> None:
     raise ValueError(f"images must have rank in {ndims}, got shape {images.shape}")
 
 
+def jit_decode(cfg: VQGANConfig, mesh: Mesh) -> Any:
+  """The jitted decode(params, codes [B, seq_len] int32) -> images [B, H, W, 3]: parameters
+  replicated, the batch sharded over the mesh's batch axes (`Tokenizer.decode` runs it; the TPU
+  compile checks lower it on abstract inputs)."""
+  batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  model = VQGAN(cfg)
+  return jax.jit(
+    lambda p, c: model.apply({"params": p}, c, method=VQGAN.decode),
+    in_shardings=(replicated, batch),
+    out_shardings=batch,
+  )
+
+
 class Tokenizer:
   """MaskGIT-VQGAN tokenizer: config + params, jitted `encode`/`decode` sharded over the batch.
 
@@ -354,7 +367,7 @@ class Tokenizer:
     model = VQGAN(cfg)
     jit = lambda f: jax.jit(f, in_shardings=(replicated, batch), out_shardings=batch)
     self._encode = jit(lambda p, x: model.apply({"params": p}, x, method=VQGAN.encode))
-    self._decode = jit(lambda p, c: model.apply({"params": p}, c, method=VQGAN.decode))
+    self._decode = jit_decode(cfg, self.mesh)
 
   @property
   def name(self) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from rar_jax import entry_points, host_memory, sharding
-from rar_jax.model import presets
+from rar_jax.model import numerics, presets
 from rar_jax.sampling import decoding
 from rar_jax.tools import chips
 from rar_jax.training import metrics, optim, train_state, train_step
@@ -149,6 +149,52 @@ def _vqgan_decoder(mesh):
   return tok.decode
 
 
+def bench_compile_only(
+  mode: str, cfg: presets.ModelConfig, batch: int, topology: str, guidance: float
+) -> dict:
+  """The compiler's view of the program on a TPU slice (no run): per-device memory and cost of
+  unrolled 1- and 2-layer programs, extrapolated to cfg.depth; step_s is the TPU compiler's
+  time estimate (cost_analysis "optimal_seconds"), an estimate and not a measurement."""
+  from rar_jax.tools import compiled_costs, tpu_compiler  # noqa: PLC0415
+
+  chip, dims = tpu_compiler.parse_slice(topology)
+  mesh = sharding.make_mesh((-1, 1, 1), 1, tpu_compiler.devices(chip, dims))
+  cfg = numerics.for_platform(cfg, "tpu")
+  if mode == "train":
+    program = lambda c: compiled_costs.train_program(c, mesh, batch)[0]  # noqa: E731
+    flops = metrics.train_flops_per_sequence(cfg) * batch
+  else:
+    settings = decoding.SamplingConfig(guidance, guidance_power=1.5, temperature=1.0)
+    dtype = jnp.dtype(cfg.dtype)
+    program = lambda c: compiled_costs.sample_program(c, mesh, batch, settings, dtype)  # noqa: E731
+    flops = sample_flops(cfg, 2 * batch if settings.guided else batch)
+  costs = compiled_costs.per_layer(program, cfg)
+  at_depth = costs["at_depth"]
+  if "optimal_seconds" not in at_depth:
+    raise ValueError(f"the compiler for {topology} gives no time estimate (optimal_seconds)")
+  rounded = lambda d: {k: round(v, 9 if k == "optimal_seconds" else 1) for k, v in d.items()}  # noqa: E731
+  return {
+    "compile_s": costs["compile_s"],
+    "step_s": at_depth["optimal_seconds"],
+    "flops": flops,
+    "peak": (chips.peak_tflops(chip.device_kind), "chip table"),
+    "extra": {
+      "estimate": "TPU compiler (compile only): step_s is cost_analysis optimal_seconds",
+      "topology": topology,
+      "compiler_per_layer": rounded(costs["per_layer"]),
+      "compiler_at_depth": rounded(at_depth),
+    },
+  }
+
+
+def _slice_devices(topology: str) -> tuple[str, int]:
+  """(device kind, chips) of a libtpu slice name."""
+  from rar_jax.tools import tpu_compiler  # noqa: PLC0415
+
+  chip, dims = tpu_compiler.parse_slice(topology)
+  return chip.device_kind, int(np.prod(dims))
+
+
 def cli() -> None:
   """Console-script entry point (`rar-bench`): defines the flags (only here, so importers keep
   their own) and runs."""
@@ -168,10 +214,18 @@ def cli() -> None:
   flags.DEFINE_float("guidance", 6.9, "Guidance scale (sample); 0 disables guidance.")
   flags.DEFINE_bool("decode", False, "Include VQGAN decoding (sample).")
   flags.DEFINE_string("profile_dir", None, "Also write a jax.profiler trace of the timed calls.")
+  for key, choices in numerics.CHOICES.items():
+    flags.DEFINE_enum(key, "auto", ["auto", *choices], f"model.{key} (rar_jax/model/numerics.py).")
+  flags.DEFINE_bool(
+    "compile_only", False, "Compile for --topology with the TPU compiler instead of running."
+  )
+  flags.DEFINE_string("topology", "v5p:2x2x1", "TPU slice for --compile_only (libtpu's names).")
   f = flags.FLAGS
 
   def main(argv: list[str]) -> None:
     host_memory.retain_freed_memory()  # before JAX starts its threads
+    if f.compile_only:  # eager work (initializers, optax inits) stays on the CPU
+      jax.config.update("jax_platforms", "cpu")
     if len(argv) != 2 or argv[1] not in ("train", "sample"):
       raise app.UsageError("usage: python -m rar_jax.tools.bench train|sample [flags]")
     mode = argv[1]
@@ -185,21 +239,27 @@ def cli() -> None:
         "remat_policy": f.remat,
         "scan_layers": f.scan,
         "attention_blocks": f.attention_blocks,
+        **{key: getattr(f, key) for key in numerics.CHOICES},
       }
     )
-    if mode == "train":
+    if f.compile_only:
+      cfg = numerics.for_platform(cfg, "tpu")
+      result = bench_compile_only(mode, cfg, f.batch, f.topology, f.guidance)
+    elif mode == "train":
       result = bench_train(cfg, f.batch, f.steps, f.warmup, f.profile_dir)
     else:
       result = bench_sample(cfg, f.batch, f.steps, f.warmup, f.guidance, f.decode, f.profile_dir)
-    peak, peak_source = peak_tflops(jnp.dtype(f.dtype))
-    per_device = result["flops"] / result["step_s"] / jax.device_count() / 1e12
+    peak, peak_source = result.get("peak") or peak_tflops(jnp.dtype(f.dtype))
+    devices = jax.devices() if not f.compile_only else None
+    kind, count = (devices[0].device_kind, len(devices)) if devices else _slice_devices(f.topology)
+    per_device = result["flops"] / result["step_s"] / count / 1e12
     print(
       json.dumps(
         {
           "mode": mode,
-          "backend": jax.default_backend(),
-          "device_kind": jax.devices()[0].device_kind,
-          "device_count": jax.device_count(),
+          "backend": "tpu (compile only)" if f.compile_only else jax.default_backend(),
+          "device_kind": kind,
+          "device_count": count,
           "width": cfg.width,
           "depth": cfg.depth,
           "heads": cfg.heads,
@@ -210,6 +270,7 @@ def cli() -> None:
           "remat": cfg.remat_policy,
           "scan": cfg.scan_layers,
           "attention_blocks": cfg.attention_blocks,
+          **{k: numerics.impl(cfg, k) for k in numerics.CHOICES},
           "compile_s": round(result["compile_s"], 3),
           "step_s": round(result["step_s"], 5),
           "images_per_s": round(f.batch / result["step_s"], 3),
@@ -218,6 +279,7 @@ def cli() -> None:
           "peak_tflops_per_device": round(peak, 4),
           "peak_source": peak_source,
           "fraction_of_peak": round(per_device / peak, 4),
+          **result.get("extra", {}),
         }
       ),
       flush=True,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -35,6 +36,7 @@ from ml_collections import config_flags
 
 from rar_jax import atomic_files, sharding
 from rar_jax.model.presets import ModelConfig
+from rar_jax.tools import tpu_compiler
 from rar_jax.tools.chips import CHIPS, GIB, Chip, chip_by_name, parse_topology
 from rar_jax.training import metrics, optim, train, train_state, train_step
 
@@ -57,10 +59,19 @@ def _requested_devices(argv: list[str]) -> int | None:
   topology = _flag_value(argv, "topology")
   if topology:
     try:
-      return parse_topology(topology)[1]
+      return _parse(topology)[1]
     except ValueError:
       return None  # reported properly once the flags are parsed
   return None
+
+
+def _parse(topology: str) -> tuple[Chip, int, tuple[int, ...] | None]:
+  """(chip, chips, libtpu slice dims or None) of "v5p-128" (Cloud TPU names) or "v5p:4x4x4"."""
+  if ":" in topology:
+    chip, dims = tpu_compiler.parse_slice(topology)
+    return chip, math.prod(dims), dims
+  chip, count = parse_topology(topology)
+  return chip, count, None
 
 
 def _simulate_host_devices(count: int) -> None:
@@ -96,6 +107,9 @@ class Analysis:
   analytic_flops: float  # per step, global
   xla_flops_per_device: float | None
   xla_flops_method: str
+  compiler: str = "cpu"  # "tpu": libtpu's compiler for the target; "cpu": the XLA:CPU stand-in
+  # The TPU compiler's own step time estimate (cost_analysis "optimal_seconds"), per device.
+  xla_seconds_estimate: float | None = None
 
   @property
   def peak_bytes(self) -> int:
@@ -119,13 +133,24 @@ def _compile(config: Any, plan: train.Plan, cfg: ModelConfig) -> tuple[Any, Any,
   return compiled, abstract, lower_s, compile_s
 
 
-def _flops(compiled: Any) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost or "flops" not in cost:
+def cost(compiled: Any) -> dict[str, float]:
+  """XLA's cost analysis of a compiled program (per device): flops, "bytes accessed" and, from
+  the TPU compiler, its time estimate "optimal_seconds"."""
+  found = compiled.cost_analysis()
+  if isinstance(found, (list, tuple)):
+    found = found[0] if found else None
+  if not found or "flops" not in found:
     raise RuntimeError("XLA cost_analysis reported no flops")
-  return float(cost["flops"])
+  keys = ("flops", "bytes accessed", "optimal_seconds")
+  return {k: float(found[k]) for k in keys if k in found}
+
+
+def per_depth(small: Sequence[dict[str, float]], depth: int) -> dict[str, float]:
+  """Extrapolates the costs of unrolled 1- and 2-layer programs to `depth` layers:
+  C(depth) = C(1) + (depth - 1) x (C(2) - C(1)), exact for a stack of identical layers."""
+  if len(small) == 1:
+    return dict(small[0])
+  return {k: small[0][k] + (depth - 1) * (small[1][k] - small[0][k]) for k in small[0]}
 
 
 def _shard_bytes(tree: Any) -> int:
@@ -139,7 +164,8 @@ def _shard_bytes(tree: Any) -> int:
 def analyze(
   config: Any, devices: Sequence[Any], config_name: str = "", xla_flops: bool = True
 ) -> Analysis:
-  """Compiles the train step of `config` on `devices` (simulated CPU devices) and measures it.
+  """Compiles the train step of `config` on `devices` and measures it: simulated CPU devices
+  (the XLA:CPU stand-in) or abstract TPU devices (`tpu_compiler.devices`: libtpu's compiler).
 
   With model.scan_layers, XLA's cost analysis counts the scanned layer once; the FLOPs then come
   from unrolled 1- and 2-layer compiles, F(depth) = F(1) + (depth - 1) * (F(2) - F(1)), which is
@@ -168,22 +194,23 @@ def analyze(
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
 
   flops_s = 0.0
-  xla, method = None, "not computed (--noxla_flops)"
+  xla, method, seconds = None, "not computed (--noxla_flops)", None
   if xla_flops and not cfg.scan_layers:
-    xla, method = _flops(compiled), "compiled step as configured (layers unrolled)"
+    costs, method = cost(compiled), "compiled step as configured (layers unrolled)"
   elif xla_flops:
     start = time.perf_counter()
-    per_depth = []
-    for depth in (1, 2)[: min(cfg.depth, 2)]:
-      small = dataclasses.replace(cfg, depth=depth, scan_layers=False)
-      per_depth.append(_flops(_compile(config, plan, small)[0]))
-    per_layer = per_depth[1] - per_depth[0] if len(per_depth) == 2 else 0.0
-    xla = per_depth[0] + (cfg.depth - 1) * per_layer
+    small = [
+      cost(_compile(config, plan, dataclasses.replace(cfg, depth=d, scan_layers=False))[0])
+      for d in (1, 2)[: min(cfg.depth, 2)]
+    ]
+    costs = per_depth(small, cfg.depth)
     flops_s = time.perf_counter() - start
     method = (
       "F(1) + (depth-1) x (F(2) - F(1)) from unrolled 1- and 2-layer compiles "
       "(cost_analysis counts a scanned layer once)"
     )
+  if xla_flops:
+    xla, seconds = costs["flops"], costs.get("optimal_seconds")
   return Analysis(
     config_name=config_name,
     model=cfg,
@@ -200,6 +227,8 @@ def analyze(
     analytic_flops=metrics.train_flops_per_sequence(cfg) * plan.global_batch,
     xla_flops_per_device=xla,
     xla_flops_method=method,
+    compiler=devices[0].platform if devices[0].platform == "tpu" else "cpu",
+    xla_seconds_estimate=seconds,
   )
 
 
@@ -288,7 +317,12 @@ def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) ->
     f"scan_layers={cfg.scan_layers}, remat={cfg.remat_policy}",
     f"  mesh     {mesh}; global batch {a.global_batch} = {a.global_batch // dp} per data shard; "
     f"{a.total_steps:,} steps",
-    f"  compile  {a.compile_s:.1f} s (+ {a.lower_s:.1f} s lowering) on {n} simulated CPU devices"
+    f"  compile  {a.compile_s:.1f} s (+ {a.lower_s:.1f} s lowering) by "
+    + (
+      f"the TPU compiler (libtpu) for {n} {chip.name} chips"
+      if a.compiler == "tpu"
+      else f"XLA:CPU on {n} simulated CPU devices (stand-in)"
+    )
     + (
       f"; + {a.flops_compile_s:.1f} s of compiles for the FLOP count" if a.flops_compile_s else ""
     ),
@@ -340,11 +374,22 @@ def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) ->
       f"{_duration(e.step_s_xla)}, {a.total_steps:,} steps = "
       f"{_duration(a.total_steps * e.step_s_xla)}"
     )
+  if a.xla_seconds_estimate is not None:
+    lines.append(
+      f"  the TPU compiler's own estimate (cost_analysis optimal_seconds): step "
+      f"{_duration(a.xla_seconds_estimate)}"
+    )
+  lines.append("")
+  if a.compiler == "tpu":
+    lines += [
+      "Compiled by the TPU compiler (libtpu) for this topology: the memory is the TPU program's;",
+      "the runtime reserves part of HBM. The time ignores input stalls beyond the MFU assumed.",
+    ]
+    return "\n".join(lines)
   lines += [
-    "",
-    "Caveats: compiled by XLA:CPU as a stand-in; TPU/GPU compilers fuse and lay out buffers",
-    "differently, and the runtime reserves some HBM. The time ignores communication and input",
-    "stalls beyond what the MFU assumes.",
+    "Caveats: compiled by XLA:CPU as a stand-in (install the [tpu] extra for the TPU compiler);",
+    "TPU/GPU compilers fuse and lay out buffers differently, and the runtime reserves some HBM.",
+    "The time ignores communication and input stalls beyond what the MFU assumes.",
   ]
   if cfg.dtype == "bfloat16":
     lines.append(
@@ -363,6 +408,7 @@ def to_json(a: Analysis, e: Estimate, topology: str | None) -> dict[str, Any]:
   return {
     "config": a.config_name,
     "topology": topology,
+    "compiler": a.compiler,
     "chip": e.chip,
     "num_devices": a.num_devices,
     "mesh": a.mesh_shape,
@@ -377,6 +423,7 @@ def to_json(a: Analysis, e: Estimate, topology: str | None) -> dict[str, Any]:
     "analytic_flops": a.analytic_flops,
     "xla_flops_per_device": a.xla_flops_per_device,
     "xla_flops_method": a.xla_flops_method,
+    "xla_seconds_estimate": a.xla_seconds_estimate,
     "estimate": dataclasses.asdict(e),
     "verdict": e.verdict,
   }
@@ -390,8 +437,19 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
   )  # fmt: skip
   flags.DEFINE_integer("devices", None, "Chips (JAX devices) to plan for.", flag_values=values)
   flags.DEFINE_string(
-    "topology", None, "e.g. v5p-128 (64 chips), v6e-64, v5litepod-16, h100-8.", flag_values=values
-  )
+    "topology", None,
+    "e.g. v5p-128 (64 chips), v6e-64, v5litepod-16, h100-8, or a libtpu slice v5p:4x4x4.",
+    flag_values=values,
+  )  # fmt: skip
+  flags.DEFINE_integer(
+    "num_slices", 1, "TPU slices of --topology (multislice; sets mesh.dcn_data).",
+    flag_values=values,
+  )  # fmt: skip
+  flags.DEFINE_enum(
+    "compiler", "auto", ["auto", "tpu", "cpu"],
+    "auto: the TPU compiler for TPU chips when libtpu is installed, else the XLA:CPU stand-in.",
+    flag_values=values,
+  )  # fmt: skip
   flags.DEFINE_string(
     "chip", None, f"One of {sorted(CHIPS)}; default from --topology, else {DEFAULT_CHIP}.",
     flag_values=values,
@@ -408,6 +466,48 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
   return values
 
 
+class DoesNotFit(Exception):
+  """The TPU compiler refused the program: it needs more HBM than the chip has."""
+
+
+def _set_slices(config: Any, num_slices: int) -> None:
+  """--num_slices sets mesh.dcn_data (the data axis spans the slices)."""
+  if num_slices < 1:
+    raise ValueError(f"--num_slices must be >= 1, got {num_slices}")
+  if num_slices > 1:
+    if config.mesh.dcn_data not in (1, num_slices):
+      raise ValueError(
+        f"--num_slices={num_slices} contradicts --config.mesh.dcn_data={config.mesh.dcn_data}"
+      )
+    config.mesh.dcn_data = num_slices
+
+
+def _target_devices(
+  compiler: str, chip: Chip, count: int, dims: tuple[int, ...] | None, num_slices: int
+) -> list[Any]:
+  """Abstract TPU devices (the TPU compiler) or simulated CPU devices (the stand-in); `count`
+  is chips per slice."""
+  reason = tpu_compiler.unavailable_reason()
+  if compiler == "tpu" and not tpu_compiler.is_tpu(chip):
+    raise ValueError(
+      f"--compiler=tpu: chip {chip.name!r} has no TPU compiler target; "
+      f"use one of {sorted(tpu_compiler.TPU_CHIPS)}"
+    )
+  if compiler == "tpu" and reason:
+    raise ValueError(f"--compiler=tpu: {reason}")
+  if compiler == "tpu" or (compiler == "auto" and tpu_compiler.is_tpu(chip) and not reason):
+    return tpu_compiler.devices(chip, dims or tpu_compiler.slice_shape(chip, count), num_slices)
+  available = jax.devices()
+  total = count * num_slices
+  if len(available) < total or available[0].platform != "cpu":
+    raise RuntimeError(
+      f"{total} simulated CPU devices requested but jax has {len(available)} "
+      f"{available[0].platform} devices: run as `python -m rar_jax.tools.plan` "
+      "(it sets XLA_FLAGS=--xla_force_host_platform_device_count before jax starts)"
+    )
+  return available[:total]
+
+
 def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
   """Parses argv (argv[0] is the program), compiles, and returns the analysis and report."""
   argv = list(argv)
@@ -416,9 +516,9 @@ def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
   if values.config is None:
     raise ValueError("give --config=<file>[:<arg>], e.g. --config=configs/imagenet.py:XL")
   topology = values.topology
-  chip, count = (None, None)
+  chip, count, dims = (None, None, None)
   if topology:
-    chip, count = parse_topology(topology)
+    chip, count, dims = _parse(topology)
   if values.chip:
     named = chip_by_name(values.chip)
     if chip is not None and named.name != chip.name:
@@ -433,15 +533,22 @@ def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
     raise ValueError("give --devices=N or --topology=<chip>-<N>")
   if not 0 < values.mfu <= 1:
     raise ValueError(f"--mfu must be in (0, 1], got {values.mfu}")
-  available = jax.devices()
-  if len(available) < count:
-    raise RuntimeError(
-      f"{count} devices requested but jax has {len(available)}: "
-      "run as `python -m rar_jax.tools.plan` "
-      "(it sets XLA_FLAGS=--xla_force_host_platform_device_count before jax starts)"
-    )
+  _set_slices(values.config, values.num_slices)
+  devices = _target_devices(values.compiler, chip, count, dims, values.num_slices)
   config_name = _flag_value(argv, "config") or ""
-  analysis = analyze(values.config, available[:count], config_name, values.xla_flops)
+  try:
+    analysis = analyze(values.config, devices, config_name, values.xla_flops)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    # The TPU compiler refuses a program that cannot fit the chip's HBM, naming what it needs.
+    message = str(e).strip().splitlines()[0]
+    text = f"RAR plan: {config_name} on {topology}\nDOES NOT FIT (the TPU compiler): {message}"
+    if values.json_out:
+      report = {"config": config_name, "topology": topology, "compiler": "tpu"}
+      report.update(verdict="DOES NOT FIT", compiler_message=message)
+      atomic_files.write_text(values.json_out, json.dumps(report, indent=2))
+    raise DoesNotFit(text) from e
   est = estimate(analysis, chip, values.mfu, values.hbm_gib)
   text = render(analysis, est, chip, topology)
   if values.json_out:
@@ -460,6 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, flags.Error) as e:
     print(f"rar_jax.tools.plan: {e}", file=sys.stderr)
     return 2
+  except DoesNotFit as e:
+    print(e)
+    return 1
   del est
   print(text)
   return 0

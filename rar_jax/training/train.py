@@ -17,7 +17,7 @@ from clu import metric_writers, periodic_actions
 
 from rar_jax import console, sharding
 from rar_jax.data import datasets, holdout, pipeline
-from rar_jax.model import presets
+from rar_jax.model import numerics, presets
 from rar_jax.model.presets import ModelConfig
 from rar_jax.training import (
   checkpointing,
@@ -60,6 +60,7 @@ def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
     raise ValueError(f"eval.grid_every must be >= 0 (0 = off), got {config.eval.grid_every}")
   anneal = randomization.anneal_steps(config.randomness, total)
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.dcn_data, devices)
+  model_cfg = numerics.for_platform(model_cfg, mesh.devices.flat[0].platform)  # "auto" switches
   if jax.process_count() > 1 and mesh.shape["tensor"] > jax.local_device_count():
     raise ValueError(
       f"mesh tensor axis {mesh.shape['tensor']} spans hosts ({jax.local_device_count()} devices "

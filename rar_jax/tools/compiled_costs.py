@@ -1,0 +1,103 @@
+"""What a compiler makes of the train step and the sampler, without running them: programs
+compiled ahead of time on abstract inputs (for a TPU slice from `tpu_compiler`, or any devices),
+and their memory and cost analyses as plain numbers.
+
+XLA's cost analysis counts a loop body once (a scanned layer, the sampler's token loop), so
+per-layer figures come from unrolled 1- and 2-layer programs: C(depth) = C(1) + (depth - 1) x
+(C(2) - C(1)), exact for a stack of identical layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from rar_jax import sharding
+from rar_jax.model import rar
+from rar_jax.model.presets import ModelConfig
+from rar_jax.sampling import decoding
+from rar_jax.training import optim, train_state, train_step
+
+# A fixed optimizer for compile-only programs (its values do not change the program).
+OPTIM = dict(
+  lr=1e-4, end_lr=1e-5, warmup_steps=10, b1=0.9, b2=0.96, eps=1e-8, weight_decay=0.03,
+  grad_clip_norm=1.0,
+)  # fmt: skip
+MEMORY_KEYS = ("argument", "output", "alias", "temp", "generated_code")
+
+
+def train_program(cfg: ModelConfig, mesh: Mesh, batch: int) -> tuple[Any, Any]:
+  """The real train step compiled for `mesh` on abstract inputs: (compiled, abstract state).
+  The abstract state is built outside `sharding.activate` (optax inits run eagerly on the
+  default backend)."""
+  tx, schedule = optim.make_optimizer(OPTIM, cfg, 1000)
+  abstract = train_state.abstract_state(cfg, tx, mesh, sharding.LOGICAL_RULES)
+  sc = train_step.StepConfig(cfg, 0, 500, 0.1)
+  return train_step.compile_train_step(sc, tx, schedule, mesh, abstract, batch)[0], abstract
+
+
+def abstract_params(cfg: ModelConfig, mesh: Mesh, dtype: Any = jnp.float32) -> Any:
+  """ShapeDtypeStructs of the (unboxed) parameters in `dtype`, sharded as training shards them."""
+  shapes = jax.eval_shape(functools.partial(rar.init_params, cfg), jax.random.key(0))
+  return jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh),
+    shapes,
+    rar.param_shardings(cfg, mesh),
+  )
+
+
+def sample_program(
+  cfg: ModelConfig,
+  mesh: Mesh,
+  batch: int,
+  settings: decoding.SamplingConfig,
+  param_dtype: Any = jnp.float32,
+) -> Any:
+  """The jitted KV-cache sampler (`decoding.make_sampler`) compiled for `mesh` on abstract
+  parameters, [batch] class ids sharded over the batch axes and a replicated key."""
+  params = abstract_params(cfg, mesh, param_dtype)
+  classes = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding.batch_sharding(mesh))
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
+  with sharding.activate(mesh):
+    return decoding.make_sampler(cfg, settings).lower(params, classes, key).compile()
+
+
+def analysis(compiled: Any) -> dict[str, float]:
+  """Per device: memory_analysis bytes (argument, output, alias, temp, generated_code) and the
+  cost analysis (flops, "bytes accessed", and the TPU compiler's "optimal_seconds")."""
+  stats = compiled.memory_analysis()
+  found = compiled.cost_analysis()
+  if isinstance(found, (list, tuple)):
+    found = found[0] if found else {}
+  out = {k: float(getattr(stats, f"{k}_size_in_bytes")) for k in MEMORY_KEYS}
+  for key in ("flops", "bytes accessed", "optimal_seconds"):
+    if key in (found or {}):
+      out[key] = float(found[key])
+  return out
+
+
+def per_layer(
+  compile_at_depth: Any, cfg: ModelConfig, depths: Sequence[int] = (1, 2)
+) -> dict[str, Any]:
+  """Analyses of unrolled programs at `depths` (1 and 2 layers), their per-layer difference and
+  the extrapolation to cfg.depth; compile seconds summed."""
+  start = time.perf_counter()
+  small = [
+    analysis(compile_at_depth(dataclasses.replace(cfg, depth=d, scan_layers=False))) for d in depths
+  ]
+  layer = {k: small[1][k] - small[0][k] for k in small[0]}
+  full = {k: small[0][k] + (cfg.depth - depths[0]) * layer[k] for k in small[0]}
+  return {
+    "per_layer": layer,
+    "at_depth": full,
+    "one_layer": small[0],
+    "compile_s": time.perf_counter() - start,
+  }
