@@ -20,6 +20,7 @@ ROOT = pathlib.Path(tests.__file__).resolve().parent.parent  # wherever this fil
 COMMANDS = {
   "rar_jax.main": "--workdir",
   "rar_jax.data.pretokenize": "--output_dir",
+  "rar_jax.data.holdout": "--count",
   "rar_jax.sampling.export": "--official",
   "rar_jax.sampling.sample": "--num_samples",
   "rar_jax.evaluation.evaluate": "--reference",

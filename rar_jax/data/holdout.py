@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
+from rar_jax import console, entry_points
 from rar_jax.data import records
 from rar_jax.data.records import PathLike, TokenRecordSource
 
@@ -101,7 +102,8 @@ def validation_arrays(data_dir: PathLike) -> tuple[np.ndarray, np.ndarray]:
   return tokens, labels
 
 
-def _cli() -> None:
+def cli() -> None:
+  """`python -m rar_jax.data.holdout`: defines the flags (only here) and runs."""
   data_dir = flags.DEFINE_string("data_dir", None, "Pretokenized data set (metadata.json).")
   count = flags.DEFINE_integer("count", None, "Records to hold out.")
   seed = flags.DEFINE_integer("seed", 0, "Seed that picks them.")
@@ -110,8 +112,9 @@ def _cli() -> None:
   def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    console.setup()
     meta = add_split(data_dir.value, count.value, seed.value)
-    logging.info(
+    console.info(
       "%s: %d of %d records held out (seed %d)",
       data_dir.value,
       len(meta.validation.indices),
@@ -119,8 +122,8 @@ def _cli() -> None:
       meta.validation.seed,
     )
 
-  app.run(main)
+  entry_points.run(main, __name__)
 
 
 if __name__ == "__main__":
-  _cli()
+  cli()
