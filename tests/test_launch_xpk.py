@@ -111,10 +111,10 @@ def test_xpk_sweep_one_workload_per_point():
   args = ["sweep", "--config=configs/digits_sweep.py", f"--workdir={base}", "--prefix=digits"]
   creates = _dry(XPK, *args, "--", "--config.train.steps=30", RAR_PYTHON=sys.executable, **settings)
   runs = sweeps.plan_sweep("configs/digits_sweep.py", base, ["--config.train.steps=30"])
-  assert len(creates) == len(runs) == 5
+  assert len(creates) == len(runs) == 6  # five schedules, the paper's with a second seed
   names = [_option(c, "--workload") for c in creates]
-  assert names[2] == "digits-asf0p5-aef0p75"  # the paper's (0.5, 0.75), readable
-  assert len(set(names)) == 5
+  assert names[2] == "digits-asf0p5-aef0p75-s0"  # the paper's (0.5, 0.75), readable
+  assert len(set(names)) == 6
   for create, run, name in zip(creates, runs, names, strict=True):
     assert create[:3] == ["xpk", "workload", "create"]
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 40

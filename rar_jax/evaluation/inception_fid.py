@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from rar_jax.evaluation import fid, inception, inception_weights
+from rar_jax.evaluation import fid, inception
 
 
 def check_files(weights: str, reference: str) -> None:
@@ -28,7 +28,7 @@ def reference_stats(path: str, extractor: inception.FeatureExtractor) -> tuple[n
   if stats is None:
     stats = fid.activation_stats(fid.compute_activations(path, extractor).pool)
   mu, sigma = stats
-  d = inception_weights.POOL_DIM
+  d = inception.POOL_DIM
   if mu.shape != (d,) or sigma.shape != (d, d):
     raise ValueError(
       f"eval.fid_reference={path}: statistics of shape mu {mu.shape}, sigma {sigma.shape}; "
@@ -45,10 +45,10 @@ class InceptionFID:
     with np.load(reference, allow_pickle=False) as npz:  # the cheap check before the network
       if {"mu", "sigma"} <= set(npz.files):
         reference_stats_shape = npz["mu"].shape
-        if reference_stats_shape != (inception_weights.POOL_DIM,):
+        if reference_stats_shape != (inception.POOL_DIM,):
           raise ValueError(
             f"eval.fid_reference={reference}: mu has shape {reference_stats_shape}; the "
-            f"Inception pool features are {inception_weights.POOL_DIM}"
+            f"Inception pool features are {inception.POOL_DIM}"
           )
     self.extractor = inception.FeatureExtractor.from_file(weights, batch_size=batch_size)
     self.reference = reference_stats(reference, self.extractor)

@@ -21,7 +21,7 @@ from etils import epath
 
 from rar_jax import atomic_files, tokenizers
 from rar_jax.data import holdout
-from rar_jax.training import previews
+from rar_jax.sampling import images
 
 QUALITY_FILE = "sample_quality.json"
 FEATURES = ("inception", "digits")
@@ -51,7 +51,7 @@ def check_config(eval_cfg: Mapping[str, Any]) -> None:
 
 
 def _decoded(tokenizer: Any, tokens: np.ndarray) -> np.ndarray:
-  return previews.to_uint8(tokenizer.decode(tokens))
+  return images.to_uint8(tokenizer.decode(tokens))
 
 
 def build_scorer(config: ml_collections.ConfigDict, data_dir: str) -> Scorer:
@@ -74,7 +74,7 @@ def build_scorer(config: ml_collections.ConfigDict, data_dir: str) -> Scorer:
   metric = digits_fid.DigitsFID(
     _decoded(tokenizer, train_tokens), train_labels, _decoded(tokenizer, ref_tokens)
   )
-  return lambda images: {"fid": metric(images)}
+  return lambda pictures: {"fid": metric(pictures)}
 
 
 class SampleEval:
@@ -98,13 +98,13 @@ class SampleEval:
     self, step: int, params: Any, writer: metric_writers.MetricWriter, workdir: str
   ) -> dict[str, Any]:
     """Samples, scores, logs sample_<metric> and appends the entry to QUALITY_FILE."""
-    images = self.preview.images(params, self.classes, seed=(1 << 29) + step)
-    metrics = self.scorer(images)
+    pictures = self.preview.sample(params, self.classes, seed=(1 << 29) + step)  # uint8 [N,H,W,3]
+    metrics = self.scorer(pictures)
     writer.write_scalars(step, {f"sample_{k}": v for k, v in metrics.items()})
     entry = {
       "step": step,
       "features": self.config.eval.fid_features,
-      "num_samples": len(images),
+      "num_samples": len(pictures),
       **metrics,
     }
     if jax.process_index() == 0:
