@@ -13,8 +13,8 @@ on the same device when the batch is sharded, so the guidance combination needs 
 communication. Both rows are fed the same sampled token.
 
 Public calls:
-  SamplingConfig(guidance_scale, guidance_power, temperature, top_k, top_p), or
-  SamplingConfig.from_group(config.sampling, **overrides)
+  SamplingConfig(guidance_scale, guidance_power, temperature, top_k, top_p, speculative_window),
+  or SamplingConfig.from_group(config.sampling, **overrides)
   generate(cfg, params, class_ids, key, sampling, orders=None) -> tokens [B, L] (raster layout)
   score(cfg, params, tokens, class_ids, sampling, orders=None) -> per-step logits [B, L, V]
   make_sampler(cfg, sampling) -> jitted fn(params, class_ids, key, orders=None) -> tokens
@@ -59,6 +59,9 @@ class SamplingConfig:
     temperature: divides the logits after guidance.
     top_k: keep the k largest logits; 0 is off.
     top_p: keep the smallest set of tokens with probability >= top_p; 1.0 is off.
+    speculative_window: W > 0 samples with speculative Jacobi decoding over W drafted tokens
+      per model call (`rar_jax.sampling.speculative`; the same distribution); 0 is the plain
+      sampler, one token per call.
   """
 
   guidance_scale: float = 0.0
@@ -66,6 +69,7 @@ class SamplingConfig:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  speculative_window: int = 0
 
   def __post_init__(self):
     if self.temperature <= 0:
@@ -76,6 +80,10 @@ class SamplingConfig:
       raise ValueError(f"sampling.top_k must be >= 0 (0 is off), got {self.top_k!r}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p!r}")
+    if self.speculative_window < 0:
+      raise ValueError(
+        f"sampling.speculative_window must be >= 0 (0 is off), got {self.speculative_window!r}"
+      )
 
   @classmethod
   def from_group(cls, group: Mapping[str, Any], **overrides: Any) -> SamplingConfig:
@@ -115,21 +123,24 @@ def _top_p(logits: Array, p: float) -> Array:
 
 
 def step_logits(sampling: SamplingConfig, raw: Array, step: Array | int, num_steps: int) -> Array:
-  """Model logits of one step -> the logits its token is drawn from.
+  """Model logits of one step (or of a window of W steps) -> the logits its tokens are drawn from.
 
   Args:
     sampling: the sampling config.
-    raw: [R, V] float32 model logits; R = 2B interleaved (cond, null) rows when guided, else B.
-    step: t in [0, L).
+    raw: [R, V] (or [R, W, V]) float32 model logits; R = 2B interleaved (cond, null) rows when
+      guided, else B.
+    step: t in [0, L) (or [W] steps, one per window position).
     num_steps: L.
 
   Returns:
-    [B, V] float32: guided, divided by the temperature, then top-k / top-p filtered (-inf).
+    [B, V] (or [B, W, V]) float32: guided, divided by the temperature, then top-k / top-p
+    filtered (-inf).
   """
   logits = raw
   if sampling.guided:
-    pairs = raw.reshape(-1, 2, raw.shape[-1])  # [B, 2, V]
+    pairs = raw.reshape(-1, 2, *raw.shape[1:])  # [B, 2, (W,) V]
     scale = guidance_schedule(sampling, step, num_steps)
+    scale = scale[..., None] if scale.ndim else scale  # [W, 1] against [B, W, V]
     logits = guided_logits(pairs[:, 0], pairs[:, 1], scale)
   logits = logits / sampling.temperature
   if sampling.top_k:
@@ -151,6 +162,45 @@ def _model_rows(
   return rar.class_tokens(cfg, classes), jnp.repeat(orders, rows, axis=0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Feeder:
+  """The cached model calls of one sampled batch (traced inside a jitted sampler).
+
+  Attributes:
+    run: fn(ids [R, T], start, cache) -> (logits [R, T, V] float32, cache): positions
+      [start, start + T) against the cache, written in place.
+    class_tok: [R] class token ids of the model rows.
+    rows: model rows per sample (2 with guidance: the (cond, null) pair, else 1).
+    cache: the empty preallocated cache (L + 1 positions).
+  """
+
+  run: Callable[[Array, Array | int, rar.Cache], tuple[Array, rar.Cache]]
+  class_tok: Array
+  rows: int
+  cache: rar.Cache
+
+
+def feeder(
+  cfg: ModelConfig,
+  sampling: SamplingConfig,
+  params: Params,
+  class_ids: Array,
+  orders: Array | None,
+) -> Feeder:
+  """Unrolls the layers and binds params, classes and orders for cached decoding."""
+  b = class_ids.shape[0]
+  rows = 2 if sampling.guided else 1
+  class_tok, row_orders = _model_rows(cfg, class_ids, orders, rows)
+  cfg, params = rar.unscan(cfg, params)  # one cache buffer per layer, updated in place
+  apply = functools.partial(rar.RAR(cfg).apply, {"params": params})
+
+  def run(ids: Array, start: Array | int, cache: rar.Cache) -> tuple[Array, rar.Cache]:
+    cache = jax.tree.map(lambda a: nn.with_logical_constraint(a, _CACHE_AXES), cache)
+    return apply(ids, class_tok, row_orders, start, cache)
+
+  return Feeder(run, class_tok, rows, rar.init_cache(cfg, b * rows))
+
+
 def _decode(
   cfg: ModelConfig,
   sampling: SamplingConfig,
@@ -165,19 +215,11 @@ def _decode(
   Returns:
     tokens [B, L] int32 in step order, and the [B, L, V] step logits when forced (else None).
   """
-  b, seq_len = class_ids.shape[0], cfg.seq_len
-  rows = 2 if sampling.guided else 1  # model rows per sample
-  class_tok, row_orders = _model_rows(cfg, class_ids, orders, rows)
-  cfg, params = rar.unscan(cfg, params)  # one cache buffer per layer, updated in place
-  apply = functools.partial(rar.RAR(cfg).apply, {"params": params})
-
-  def run(ids: Array, start: Array | int, cache: rar.Cache):
-    cache = jax.tree.map(lambda a: nn.with_logical_constraint(a, _CACHE_AXES), cache)
-    return apply(ids, class_tok, row_orders, start, cache)
-
-  cache = rar.init_cache(cfg, b * rows)
+  seq_len = cfg.seq_len
+  feed = feeder(cfg, sampling, params, class_ids, orders)
+  rows, class_tok = feed.rows, feed.class_tok
   prefix = jnp.stack([jnp.zeros_like(class_tok), class_tok], axis=1)  # [R, 2] = [cls, class]
-  out, cache = run(prefix, 0, cache)
+  out, cache = feed.run(prefix, 0, feed.cache)
 
   def choose(raw: Array, t: Array | int, forced_t: Array | None) -> tuple[Array, Array | None]:
     logits = step_logits(sampling, raw, t, seq_len)  # [B, V]
@@ -189,7 +231,7 @@ def _decode(
     raw, cache = carry
     t, forced_t = xs
     token, logits = choose(raw, t, forced_t)
-    out, cache = run(jnp.repeat(token, rows)[:, None], t + 2, cache)  # feed step t at q = t + 2
+    out, cache = feed.run(jnp.repeat(token, rows)[:, None], t + 2, cache)  # step t at q = t + 2
     return (out[:, 0], cache), (token, logits)
 
   steps = jnp.arange(seq_len - 1)
@@ -217,7 +259,7 @@ def generate(
     cfg: model config (static).
     params: model parameters (unboxed).
     class_ids: [B] int class indices in [0, num_classes).
-    key: PRNG key; step t draws with fold_in(key, t).
+    key: PRNG key; step t draws with fold_in(key, t) (speculative: call c with fold_in(key, c)).
     sampling: the sampling config (static).
     orders: [B, L] int generation orders (orders[b, i] = raster position of step i), e.g. from
       randomization.sample_orders; raster (the official and default) when None.
@@ -225,7 +267,12 @@ def generate(
   Returns:
     [B, L] int32 tokens in raster layout: tokens[b, orders[b, i]] = the token of step i.
   """
-  step_tokens, _ = _decode(cfg, sampling, params, class_ids, orders, key, None)
+  if sampling.speculative_window:
+    from rar_jax.sampling import speculative  # noqa: PLC0415  (it builds on this module)
+
+    step_tokens, _ = speculative.decode(cfg, sampling, params, class_ids, orders, key)
+  else:
+    step_tokens, _ = _decode(cfg, sampling, params, class_ids, orders, key, None)
   if orders is None:
     return step_tokens
   return randomization.permute(step_tokens, jnp.argsort(orders, axis=1))  # a gather, no scatter
@@ -261,6 +308,10 @@ def make_sampler(cfg: ModelConfig, sampling: SamplingConfig) -> Sampler:
   It compiles once per input shape/sharding (and once more for orders=None vs given); new
   params, keys, classes or orders of the same shapes reuse that compile.
   """
+  if sampling.speculative_window:
+    from rar_jax.sampling import speculative  # noqa: PLC0415  (it builds on this module)
+
+    speculative.check_window(sampling.speculative_window, cfg.seq_len)
 
   def sample(params: Params, class_ids: Array, key: Array, orders: Array | None = None) -> Array:
     return generate(cfg, params, class_ids, key, sampling, orders)

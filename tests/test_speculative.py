@@ -1,0 +1,94 @@
+"""Speculative Jacobi decoding: exact sequence distribution (goodness of fit against teacher-
+forced probabilities), a wrong acceptance rule fails that test, in-place cache, bad windows."""
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from rar_jax.model import presets, rar
+from rar_jax.sampling import decoding, speculative
+
+# 4 tokens of a 3-code book, 2 classes: 81 sequences per class.
+TINY = presets.resolve(
+  dict(width=16, depth=2, heads=2, mlp_dim=32, seq_len=4, codebook_size=3, num_classes=2)
+)
+SEQS = np.array(list(itertools.product(range(3), repeat=4)), np.int32)  # [81, 4]
+PER_CLASS = 2000
+ORDER = np.array([2, 0, 3, 1], np.int32)
+
+
+def _settings(window: int) -> decoding.SamplingConfig:
+  return decoding.SamplingConfig(
+    guidance_scale=2.5, guidance_power=1.0, temperature=0.8, top_k=2, speculative_window=window
+  )
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+  """Every leaf N(0, 0.2): each step depends on the tokens before it, 16 sequences likely."""
+  rng = np.random.default_rng(0)
+  params = rar.init_params(TINY, jax.random.key(0))
+  return jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.2, x.shape), x.dtype), params)
+
+
+def _exact(params, settings, orders) -> np.ndarray:
+  """[2, 81] probability of each sequence per class, by teacher forcing (`decoding.score`)."""
+  probs = []
+  for c in range(2):
+    labels = jnp.full((len(SEQS),), c)
+    order_rows = None if orders is None else jnp.broadcast_to(orders, SEQS.shape)
+    logits = decoding.score(TINY, params, jnp.asarray(SEQS), labels, settings, order_rows)
+    logp = jax.nn.log_softmax(logits, axis=-1)  # [81, L, V] per step
+    steps = SEQS if orders is None else SEQS[:, orders]  # the token of each step
+    probs.append(
+      np.exp(np.take_along_axis(np.asarray(logp, np.float64), steps[..., None], -1).sum((1, 2)))
+    )
+  return np.stack(probs)
+
+
+def _p_value(params, settings, orders, seed: int = 0) -> float:
+  """Chi-square p-value of PER_CLASS samples per class against the exact probabilities."""
+  labels = jnp.repeat(jnp.arange(2), PER_CLASS)
+  order_rows = None if orders is None else jnp.broadcast_to(orders, (len(labels), 4))
+  tokens = np.asarray(
+    decoding.generate(TINY, params, labels, jax.random.key(seed), settings, order_rows)
+  )
+  codes = tokens @ (3 ** np.arange(3, -1, -1))  # row of SEQS
+  exact = _exact(params, settings, orders)
+  np.testing.assert_allclose(exact.sum(1), 1.0, rtol=1e-4)
+  observed, expected = [], []
+  for c in range(2):
+    counts = np.bincount(codes[c * PER_CLASS : (c + 1) * PER_CLASS], minlength=len(SEQS))
+    big = exact[c] * PER_CLASS >= 5  # pool the rare sequences into one cell
+    observed += [*counts[big], counts[~big].sum()]  # float64 from here
+    expected += [*exact[c][big] * PER_CLASS, exact[c][~big].sum() * PER_CLASS]
+  observed, expected = np.array(observed), np.array(expected)
+  assert (observed[expected == 0] == 0).all()  # top-k: filtered sequences never appear
+  keep = expected > 0
+  expected = expected[keep] * observed.sum() / expected[keep].sum()  # float32 rounding
+  return float(stats.chisquare(observed[keep], expected).pvalue)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window, orders", [(0, None), (2, None), (4, ORDER), (3, ORDER)])
+def test_samples_follow_the_exact_distribution(tiny_params, window, orders):
+  assert _p_value(tiny_params, _settings(window), orders) > 1e-3
+
+
+@pytest.mark.slow
+def test_wrong_acceptance_rule_fails(tiny_params, monkeypatch):
+  """Accepting with probability p(y) whatever q the draft came from (every draft taken as a
+  fresh one-hot) is detectably wrong."""
+
+  def ignores_q(p, q, drafts, fixed, u):
+    return right(p, jax.nn.one_hot(drafts, p.shape[-1]), drafts, fixed, u)
+
+  right = speculative._accept
+  monkeypatch.setattr(speculative, "_accept", ignores_q)
+  wrong = dataclasses.replace(_settings(4), temperature=0.81)  # a new config: a fresh trace
+  assert _p_value(tiny_params, wrong, None) < 1e-6
