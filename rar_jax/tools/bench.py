@@ -2,6 +2,7 @@
 
   python -m rar_jax.tools.bench train --width=256 --depth=4 --heads=8 --mlp_dim=1024 --batch=8
   python -m rar_jax.tools.bench sample --variant=XL --batch=256 --dtype=bfloat16 --decode
+  python -m rar_jax.tools.bench sample --export=workdirs/digits_export --speculative_window=4,8,16
 
 Step times are medians over --steps timed calls after --warmup calls; compilation is timed
 apart. Model FLOPs are analytic (rar_jax.training.metrics). The fraction of peak uses the chip
@@ -12,6 +13,7 @@ run, so the figure is a ratio that holds on a noisy machine.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -140,6 +142,58 @@ def bench_sample(
   return {"compile_s": compile_s, "step_s": seconds, "flops": sample_flops(cfg, rows)}
 
 
+def bench_export_sample(
+  export_dir: str, batch: int, windows: list[int], steps: int, warmup: int, score_samples: int
+) -> list[dict]:
+  """The plain sampler (window 0) and each speculative window side by side on a trained export,
+  with its own sampling settings: model calls per image, tokens accepted per call, images/s
+  and, with score_samples > 0, the digits score of that many samples."""
+  from rar_jax.sampling import export, speculative  # noqa: PLC0415
+
+  exp = export.load(export_dir)
+  cfg, s = exp.model, exp.sampling
+  classes = jnp.arange(batch, dtype=jnp.int32) % cfg.num_classes
+  results = []
+  for window in [0, *windows]:
+    settings = decoding.SamplingConfig(
+      guidance_scale=s["guidance_scale"],
+      guidance_power=s["guidance_power"],
+      temperature=s["temperature"],
+      speculative_window=window,
+    )
+    if window:
+      speculative.check_window(window, cfg.seq_len)
+      counted = functools.partial(speculative.generate_counted, cfg, sampling=settings)
+    else:  # the plain sampler: the [cls, class] prefill, then one call per step after the first
+      plain = decoding.make_sampler(cfg, settings)
+      counted = lambda p, c, k: (plain(p, c, k), jnp.int32(cfg.seq_len))  # noqa: E731
+    keys = iter(range(1, 1 << 30))
+    start = time.perf_counter()
+    _, calls = jax.block_until_ready(counted(exp.params, classes, jax.random.key(0)))
+    compile_s = time.perf_counter() - start
+    step_s = timed(lambda: counted(exp.params, classes, jax.random.key(next(keys))), steps, warmup)
+    result = {"window": window, "batch": batch, "compile_s": round(compile_s, 3)}
+    result["model_calls_per_image"] = int(calls)
+    result["tokens_per_call"] = round(cfg.seq_len / int(calls), 3)
+    result["images_per_s"] = round(batch / step_s, 3)
+    if score_samples:
+      result["score"] = _export_score(exp, counted, score_samples)
+    results.append(result)
+  return results
+
+
+def _export_score(exp, counted: Callable, num: int) -> float:
+  """Digits accuracy of num samples (classes round-robin, seed 0) of a counted sampler."""
+  from rar_jax import tokenizers  # noqa: PLC0415
+  from rar_jax.training import previews  # noqa: PLC0415
+
+  classes = np.arange(num, dtype=np.int32) % exp.model.num_classes
+  tokens, _ = counted(exp.params, jnp.asarray(classes), jax.random.key(12345))
+  tokenizer = tokenizers.build(exp.tokenizer, exp.image_size)
+  images = previews.to_uint8(tokenizer.decode(np.asarray(tokens)))
+  return previews.score("digits", images, classes)["accuracy"]
+
+
 def _vqgan_decoder(mesh):
   """The released-size MaskGIT-VQGAN decoder with random weights (speed only)."""
   from rar_jax.tokenizers import vqgan  # noqa: PLC0415
@@ -220,6 +274,9 @@ def cli() -> None:
     "compile_only", False, "Compile for --topology with the TPU compiler instead of running."
   )
   flags.DEFINE_string("topology", "v5p:2x2x1", "TPU slice for --compile_only (libtpu's names).")
+  flags.DEFINE_string("export", None, "Sample a trained export (its sizes and settings) instead.")
+  flags.DEFINE_list("speculative_window", [], "With --export: windows W to compare to W = 0.")
+  flags.DEFINE_integer("score_samples", 0, "With --export: digits score of this many samples.")
   f = flags.FLAGS
 
   def main(argv: list[str]) -> None:
@@ -229,6 +286,15 @@ def cli() -> None:
     if len(argv) != 2 or argv[1] not in ("train", "sample"):
       raise app.UsageError("usage: python -m rar_jax.tools.bench train|sample [flags]")
     mode = argv[1]
+    if f.export:
+      if mode != "sample":
+        raise app.UsageError("--export is for `bench sample`")
+      windows = [int(w) for w in f.speculative_window]
+      for result in bench_export_sample(
+        f.export, f.batch, windows, f.steps, f.warmup, f.score_samples
+      ):
+        print(json.dumps({"backend": jax.default_backend(), **result}), flush=True)
+      return
     sizes = {k: getattr(f, k) for k in ("width", "depth", "heads", "mlp_dim")}
     cfg = presets.resolve(
       {
