@@ -32,7 +32,7 @@ def _settings(window: int) -> decoding.SamplingConfig:
 def tiny_params():
   """Every leaf N(0, 0.2): each step depends on the tokens before it, 16 sequences likely."""
   rng = np.random.default_rng(0)
-  params = rar.init_params(TINY, jax.random.key(0))
+  params = jax.jit(rar.init_params, static_argnums=0)(TINY, jax.random.key(0))
   return jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.2, x.shape), x.dtype), params)
 
 
@@ -92,3 +92,67 @@ def test_wrong_acceptance_rule_fails(tiny_params, monkeypatch):
   monkeypatch.setattr(speculative, "_accept", ignores_q)
   wrong = dataclasses.replace(_settings(4), temperature=0.81)  # a new config: a fresh trace
   assert _p_value(tiny_params, wrong, None) < 1e-6
+
+
+# A larger model for the loop's structure: 16 tokens of 32 codes.
+CFG = presets.resolve(
+  dict(width=32, depth=2, heads=4, mlp_dim=64, seq_len=16, codebook_size=32, num_classes=10)
+)
+GUIDED = decoding.SamplingConfig(guidance_scale=3.0, guidance_power=1.5, temperature=1.3)
+
+
+@pytest.fixture(scope="module")
+def params16():
+  rng = np.random.default_rng(1)
+  params = jax.jit(rar.init_params, static_argnums=0)(CFG, jax.random.key(1))
+  return jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.2, x.shape), x.dtype), params)
+
+
+@pytest.mark.slow
+def test_window_zero_is_the_plain_sampler(params16):
+  classes, key = jnp.arange(3), jax.random.key(3)
+  tokens, calls = speculative.generate_counted(CFG, params16, classes, key, GUIDED)
+  plain = decoding.generate(CFG, params16, classes, key, GUIDED)
+  np.testing.assert_array_equal(tokens, plain)
+  assert int(calls) == CFG.seq_len
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window", [1, 5, 16])
+def test_greedy_speculative_equals_greedy_plain(params16, window):
+  """top_k = 1 makes every step deterministic: any correct window reproduces the plain
+  sampler's tokens exactly (any order, guidance, per-row acceptance), in fewer calls."""
+  greedy = dataclasses.replace(GUIDED, top_k=1)
+  orders = jnp.stack([jnp.arange(16), jnp.arange(16)[::-1], jnp.roll(jnp.arange(16), 5)])
+  classes, key = jnp.array([0, 7, 3]), jax.random.key(4)
+  plain = decoding.generate(CFG, params16, classes, key, greedy, orders)
+  fast = dataclasses.replace(greedy, speculative_window=window)
+  tokens, calls = speculative.generate_counted(CFG, params16, classes, key, fast, orders)
+  np.testing.assert_array_equal(tokens, plain)
+  assert int(calls) <= CFG.seq_len + 1
+  if window > 1:
+    assert int(calls) < CFG.seq_len
+
+
+@pytest.mark.slow
+def test_loop_keeps_the_cache_in_place_and_on_device(params16):
+  """One compiled while loop, no host transfer, the window written in place, no cache copies."""
+  b, w = 4, 5
+  sampler = decoding.make_sampler(CFG, dataclasses.replace(GUIDED, speculative_window=w))
+  hlo = sampler.lower(params16, jnp.arange(b), jax.random.key(0)).compile().as_text()
+  assert " while(" in hlo
+  for host_op in ("infeed", "outfeed", " send(", " recv(", "callback"):
+    assert host_op not in hlo, host_op
+  cache = f"f32[{2 * b},{CFG.heads},{CFG.seq_len + 1},{CFG.head_dim}]"
+  lines = hlo.splitlines()
+  assert any(cache in line and "dynamic-update-slice" in line for line in lines)
+  copies = [line for line in lines if f"= {cache}" in line and " copy(" in line]
+  assert not copies, copies
+
+
+def test_bad_windows_are_named():
+  with pytest.raises(ValueError, match="speculative_window must be >= 0.*-1"):
+    decoding.SamplingConfig(speculative_window=-1)
+  too_long = dataclasses.replace(GUIDED, speculative_window=17)
+  with pytest.raises(ValueError, match=r"speculative_window=17 must be in \[1, seq_len=16\]"):
+    decoding.make_sampler(CFG, too_long)

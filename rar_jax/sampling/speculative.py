@@ -144,6 +144,8 @@ def _generate_counted(
   sampling: decoding.SamplingConfig,
   orders: Array | None = None,
 ) -> tuple[Array, Array]:
+  if not sampling.speculative_window:  # the plain sampler: [cls, class], then L - 1 steps
+    return decoding.generate(cfg, params, class_ids, key, sampling, orders), jnp.int32(cfg.seq_len)
   step_tokens, calls = decode(cfg, sampling, params, class_ids, orders, key)
   if orders is not None:
     step_tokens = randomization.permute(step_tokens, jnp.argsort(orders, axis=1))
@@ -151,5 +153,5 @@ def _generate_counted(
 
 
 generate_counted = jax.jit(_generate_counted, static_argnames=("cfg", "sampling"))
-generate_counted.__doc__ = """`decoding.generate` with window W > 0, also returning the model
-calls it made (a scalar): (tokens [B, L] int32 raster layout, calls)."""
+generate_counted.__doc__ = """`decoding.generate` (any window, 0 included) that also returns the
+model calls it made per batch, a scalar: (tokens [B, L] int32 raster layout, calls)."""

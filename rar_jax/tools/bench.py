@@ -145,53 +145,56 @@ def bench_sample(
 def bench_export_sample(
   export_dir: str, batch: int, windows: list[int], steps: int, warmup: int, score_samples: int
 ) -> list[dict]:
-  """The plain sampler (window 0) and each speculative window side by side on a trained export,
-  with its own sampling settings: model calls per image, tokens accepted per call, images/s
-  and, with score_samples > 0, the digits score of that many samples."""
+  """The plain sampler (window 0) and each speculative window side by side on a trained export
+  with the export's sampling settings. The samplers are timed in interleaved rounds (one call
+  of each per round), so a slower moment of a shared machine hits them all alike. Reports model
+  calls per image and tokens per call (means over the timed calls), images/s (median) and, with
+  score_samples > 0, the digits score of that many samples (a fixed seed)."""
   from rar_jax.sampling import export, speculative  # noqa: PLC0415
 
   exp = export.load(export_dir)
-  cfg, s = exp.model, exp.sampling
+  cfg = exp.model
+  for window in windows:
+    speculative.check_window(window, cfg.seq_len)  # every bad value before any compile
   classes = jnp.arange(batch, dtype=jnp.int32) % cfg.num_classes
-  results = []
+  results, samplers = [], []
   for window in [0, *windows]:
-    settings = decoding.SamplingConfig(
-      guidance_scale=s["guidance_scale"],
-      guidance_power=s["guidance_power"],
-      temperature=s["temperature"],
-      speculative_window=window,
-    )
-    if window:
-      speculative.check_window(window, cfg.seq_len)
-      counted = functools.partial(speculative.generate_counted, cfg, sampling=settings)
-    else:  # the plain sampler: the [cls, class] prefill, then one call per step after the first
-      plain = decoding.make_sampler(cfg, settings)
-      counted = lambda p, c, k: (plain(p, c, k), jnp.int32(cfg.seq_len))  # noqa: E731
-    keys = iter(range(1, 1 << 30))
+    settings = decoding.SamplingConfig.from_group(exp.sampling, speculative_window=window)
+    counted = functools.partial(speculative.generate_counted, cfg, sampling=settings)
     start = time.perf_counter()
-    _, calls = jax.block_until_ready(counted(exp.params, classes, jax.random.key(0)))
+    jax.block_until_ready(counted(exp.params, classes, jax.random.key(0)))
     compile_s = time.perf_counter() - start
-    step_s = timed(lambda: counted(exp.params, classes, jax.random.key(next(keys))), steps, warmup)
-    result = {"window": window, "batch": batch, "compile_s": round(compile_s, 3)}
-    result["model_calls_per_image"] = int(calls)
-    result["tokens_per_call"] = round(cfg.seq_len / int(calls), 3)
-    result["images_per_s"] = round(batch / step_s, 3)
+    samplers.append(counted)
+    results.append({"window": window, "batch": batch, "compile_s": round(compile_s, 3)})
+  times = [[] for _ in samplers]
+  calls = [[] for _ in samplers]
+  for round_ in range(warmup + steps):
+    for i, counted in enumerate(samplers):
+      start = time.perf_counter()
+      _, n = jax.block_until_ready(counted(exp.params, classes, jax.random.key(1 + round_)))
+      if round_ >= warmup:
+        times[i].append(time.perf_counter() - start)
+        calls[i].append(int(n))
+  for result, counted, t, n in zip(results, samplers, times, calls, strict=True):
+    result["model_calls_per_image"] = round(float(np.mean(n)), 2)
+    result["tokens_per_call"] = round(cfg.seq_len / float(np.mean(n)), 3)
+    result["images_per_s"] = round(batch / float(np.median(t)), 3)
     if score_samples:
       result["score"] = _export_score(exp, counted, score_samples)
-    results.append(result)
   return results
 
 
-def _export_score(exp, counted: Callable, num: int) -> float:
-  """Digits accuracy of num samples (classes round-robin, seed 0) of a counted sampler."""
+def _export_score(exp: Any, counted: Callable, num: int) -> float:
+  """Digits accuracy of num samples (classes round-robin, a fixed seed) of a counted sampler."""
   from rar_jax import tokenizers  # noqa: PLC0415
-  from rar_jax.training import previews  # noqa: PLC0415
+  from rar_jax.evaluation import digits_score  # noqa: PLC0415
+  from rar_jax.sampling import images  # noqa: PLC0415
 
   classes = np.arange(num, dtype=np.int32) % exp.model.num_classes
   tokens, _ = counted(exp.params, jnp.asarray(classes), jax.random.key(12345))
   tokenizer = tokenizers.build(exp.tokenizer, exp.image_size)
-  images = previews.to_uint8(tokenizer.decode(np.asarray(tokens)))
-  return previews.score("digits", images, classes)["accuracy"]
+  samples = images.to_uint8(tokenizer.decode(np.asarray(tokens)))
+  return digits_score.score(samples, classes, exp.model.num_classes)["accuracy"]
 
 
 def _vqgan_decoder(mesh):
