@@ -115,7 +115,7 @@ def params16():
 @pytest.mark.slow
 def test_window_zero_is_the_plain_sampler(params16):
   classes, key = jnp.arange(3), jax.random.key(3)
-  tokens, calls = speculative.generate_counted(CFG, params16, classes, key, GUIDED)
+  tokens, calls = decoding.generate_counted(CFG, params16, classes, key, GUIDED)
   plain = decoding.generate(CFG, params16, classes, key, GUIDED)
   np.testing.assert_array_equal(tokens, plain)
   assert int(calls) == CFG.seq_len
@@ -131,7 +131,7 @@ def test_greedy_speculative_equals_greedy_plain(params16, window):
   classes, key = jnp.array([0, 7, 3]), jax.random.key(4)
   plain = decoding.generate(CFG, params16, classes, key, greedy, orders)
   fast = dataclasses.replace(greedy, speculative_window=window)
-  tokens, calls = speculative.generate_counted(CFG, params16, classes, key, fast, orders)
+  tokens, calls = decoding.generate_counted(CFG, params16, classes, key, fast, orders)
   np.testing.assert_array_equal(tokens, plain)
   assert int(calls) <= CFG.seq_len + 1
   if window > 1:

@@ -16,6 +16,7 @@ Public calls:
   SamplingConfig(guidance_scale, guidance_power, temperature, top_k, top_p, speculative_window),
   or SamplingConfig.from_group(config.sampling, **overrides)
   generate(cfg, params, class_ids, key, sampling, orders=None) -> tokens [B, L] (raster layout)
+  generate_counted(...same...) -> (tokens, model calls of the batch)
   score(cfg, params, tokens, class_ids, sampling, orders=None) -> per-step logits [B, L, V]
   make_sampler(cfg, sampling) -> jitted fn(params, class_ids, key, orders=None) -> tokens
   sample_on_mesh(sampler, mesh, params, class_ids, key, orders=None) -> tokens
@@ -37,6 +38,7 @@ from jax.sharding import Mesh
 from rar_jax import sharding
 from rar_jax.model import rar
 from rar_jax.model.presets import ModelConfig
+from rar_jax.sampling import speculative
 from rar_jax.training import randomization
 
 Array = jax.Array
@@ -245,6 +247,30 @@ def _decode(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def generate_counted(
+  cfg: ModelConfig,
+  params: Params,
+  class_ids: Array,
+  key: Array,
+  sampling: SamplingConfig,
+  orders: Array | None = None,
+) -> tuple[Array, Array]:
+  """`generate`, also returning the model calls it made for the batch (a scalar int32: L for
+  the plain sampler, fewer with a speculative window)."""
+  if sampling.speculative_window:
+    feed = feeder(cfg, sampling, params, class_ids, orders)
+    logits_of = functools.partial(step_logits, sampling, num_steps=cfg.seq_len)
+    window, seq_len, codes = sampling.speculative_window, cfg.seq_len, cfg.codebook_size
+    step_tokens, calls = speculative.decode(feed, logits_of, window, seq_len, codes, key)
+  else:  # [cls, class], then L - 1 steps
+    step_tokens, _ = _decode(cfg, sampling, params, class_ids, orders, key, None)
+    calls = jnp.int32(cfg.seq_len)
+  if orders is None:
+    return step_tokens, calls
+  return randomization.permute(step_tokens, jnp.argsort(orders, axis=1)), calls  # a gather
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
 def generate(
   cfg: ModelConfig,
   params: Params,
@@ -260,22 +286,15 @@ def generate(
     params: model parameters (unboxed).
     class_ids: [B] int class indices in [0, num_classes).
     key: PRNG key; step t draws with fold_in(key, t) (speculative: call c with fold_in(key, c)).
-    sampling: the sampling config (static).
+    sampling: the sampling config (static); speculative_window > 0 samples the same
+      distribution with `rar_jax.sampling.speculative`.
     orders: [B, L] int generation orders (orders[b, i] = raster position of step i), e.g. from
       randomization.sample_orders; raster (the official and default) when None.
 
   Returns:
     [B, L] int32 tokens in raster layout: tokens[b, orders[b, i]] = the token of step i.
   """
-  if sampling.speculative_window:
-    from rar_jax.sampling import speculative  # noqa: PLC0415  (it builds on this module)
-
-    step_tokens, _ = speculative.decode(cfg, sampling, params, class_ids, orders, key)
-  else:
-    step_tokens, _ = _decode(cfg, sampling, params, class_ids, orders, key, None)
-  if orders is None:
-    return step_tokens
-  return randomization.permute(step_tokens, jnp.argsort(orders, axis=1))  # a gather, no scatter
+  return generate_counted(cfg, params, class_ids, key, sampling, orders)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
@@ -309,8 +328,6 @@ def make_sampler(cfg: ModelConfig, sampling: SamplingConfig) -> Sampler:
   params, keys, classes or orders of the same shapes reuse that compile.
   """
   if sampling.speculative_window:
-    from rar_jax.sampling import speculative  # noqa: PLC0415  (it builds on this module)
-
     speculative.check_window(sampling.speculative_window, cfg.seq_len)
 
   def sample(params: Params, class_ids: Array, key: Array, orders: Array | None = None) -> Array:

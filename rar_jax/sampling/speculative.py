@@ -28,17 +28,13 @@ Buffers: tokens [B, L + 1] in position order minus one (index 0: the class-token
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from rar_jax.model.presets import ModelConfig
-from rar_jax.sampling import decoding
-from rar_jax.training import randomization
-
 Array = jax.Array
-Params = Any
 
 
 def check_window(window: int, seq_len: int) -> None:
@@ -68,27 +64,31 @@ def _residual_logits(p: Array, q: Array) -> Array:
 
 
 def decode(
-  cfg: ModelConfig,
-  sampling: decoding.SamplingConfig,
-  params: Params,
-  class_ids: Array,
-  orders: Array | None,
+  feed: Any,
+  logits_of: Callable[[Array, Array], Array],
+  window: int,
+  seq_len: int,
+  codebook_size: int,
   key: Array,
 ) -> tuple[Array, Array]:
   """The speculative loop (traced inside `decoding.generate`'s jit).
 
   Args:
-    cfg, sampling, params, class_ids, orders, key: as `decoding.generate`;
-      sampling.speculative_window = W in [1, L].
+    feed: the batch's `decoding.Feeder` (cached model calls, class tokens, rows, empty cache).
+    logits_of: fn(raw [R, W, V] model logits, steps [W]) -> [B, W, V] logits that the plain
+      sampler would draw those steps from (`decoding.step_logits` with the sampling config).
+    window: W in [1, L].
+    seq_len: L.
+    codebook_size: V.
+    key: PRNG key; call c draws with fold_in(key, c).
 
   Returns:
     tokens [B, L] int32 in step order, and the number of model calls (a scalar int32,
     counting the one-position cls prefill).
   """
-  w, seq_len, v = sampling.speculative_window, cfg.seq_len, cfg.codebook_size
+  w, v = window, codebook_size
   check_window(w, seq_len)
-  b = class_ids.shape[0]
-  feed = decoding.feeder(cfg, sampling, params, class_ids, orders)
+  b = feed.class_tok.shape[0] // feed.rows
   _, cache = feed.run(jnp.zeros((b * feed.rows, 1), jnp.int32), 0, feed.cache)  # q = 0: cls
   idx = jnp.arange(w)
   init_key, key = jax.random.split(key)
@@ -101,7 +101,7 @@ def decode(
     pos = s + 1 + idx  # [W] fed positions; q = 1 is the class token
     fed = jnp.where(pos == 1, feed.class_tok[:, None], jnp.repeat(window[:, :w], feed.rows, 0))
     raw, cache = feed.run(fed, s + 1, cache)  # [R, W, V]
-    logits = decoding.step_logits(sampling, raw, s + idx, seq_len)  # [B, W, V]
+    logits = logits_of(raw, s + idx)  # [B, W, V]
     p = jax.nn.softmax(logits, axis=-1)
     drafts = window[:, 1:]  # [B, W]: steps s .. s + W - 1
     q = jnp.where(fresh[..., None], jax.nn.one_hot(drafts, v, dtype=p.dtype), q)
@@ -134,24 +134,3 @@ def decode(
   )
   tokens, *_, calls = jax.lax.while_loop(lambda st: jnp.min(st[3]) < seq_len, call, state)
   return tokens[:, 1:], calls
-
-
-def _generate_counted(
-  cfg: ModelConfig,
-  params: Params,
-  class_ids: Array,
-  key: Array,
-  sampling: decoding.SamplingConfig,
-  orders: Array | None = None,
-) -> tuple[Array, Array]:
-  if not sampling.speculative_window:  # the plain sampler: [cls, class], then L - 1 steps
-    return decoding.generate(cfg, params, class_ids, key, sampling, orders), jnp.int32(cfg.seq_len)
-  step_tokens, calls = decode(cfg, sampling, params, class_ids, orders, key)
-  if orders is not None:
-    step_tokens = randomization.permute(step_tokens, jnp.argsort(orders, axis=1))
-  return step_tokens, calls
-
-
-generate_counted = jax.jit(_generate_counted, static_argnames=("cfg", "sampling"))
-generate_counted.__doc__ = """`decoding.generate` (any window, 0 included) that also returns the
-model calls it made per batch, a scalar: (tokens [B, L] int32 raster layout, calls)."""

@@ -160,7 +160,7 @@ def bench_export_sample(
   results, samplers = [], []
   for window in [0, *windows]:
     settings = decoding.SamplingConfig.from_group(exp.sampling, speculative_window=window)
-    counted = functools.partial(speculative.generate_counted, cfg, sampling=settings)
+    counted = functools.partial(decoding.generate_counted, cfg, sampling=settings)
     start = time.perf_counter()
     jax.block_until_ready(counted(exp.params, classes, jax.random.key(0)))
     compile_s = time.perf_counter() - start
