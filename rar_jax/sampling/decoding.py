@@ -220,8 +220,10 @@ def _decode(
   seq_len = cfg.seq_len
   feed = feeder(cfg, sampling, params, class_ids, orders)
   rows, class_tok = feed.rows, feed.class_tok
+  ends = _segment_ends(seq_len - 1)
+  cache = rar.init_cache(cfg, class_tok.shape[0], ends[0] + 2)
   prefix = jnp.stack([jnp.zeros_like(class_tok), class_tok], axis=1)  # [R, 2] = [cls, class]
-  out, cache = feed.run(prefix, 0, feed.cache)
+  out, cache = feed.run(prefix, 0, cache)
 
   def choose(raw: Array, t: Array | int, forced_t: Array | None) -> tuple[Array, Array | None]:
     logits = step_logits(sampling, raw, t, seq_len)  # [B, V]
@@ -236,14 +238,27 @@ def _decode(
     out, cache = feed.run(jnp.repeat(token, rows)[:, None], t + 2, cache)  # step t at q = t + 2
     return (out[:, 0], cache), (token, logits)
 
-  steps = jnp.arange(seq_len - 1)
   forced_cols = None if forced is None else forced[:, :-1].T  # [L - 1, B]
-  (raw, _), (tokens, logits) = jax.lax.scan(body, (out[:, 1], cache), (steps, forced_cols))
+  raw, tokens, logits, start = out[:, 1], [], [], 0
+  for end in ends:  # steps [start, end) write positions up to end + 1: a cache of end + 2
+    grow = ((0, 0), (0, 0), (0, end + 2 - cache[0]["k"].shape[2]), (0, 0))
+    cache = jax.tree.map(lambda a, grow=grow: jnp.pad(a, grow), cache)
+    xs = (jnp.arange(start, end), None if forced is None else forced_cols[start:end])
+    (raw, cache), (seg_tokens, seg_logits) = jax.lax.scan(body, (raw, cache), xs)
+    tokens.append(seg_tokens)
+    logits.append(seg_logits)
+    start = end
   last, last_logits = choose(raw, seq_len - 1, None if forced is None else forced[:, -1])
-  tokens = jnp.concatenate([tokens.T, last[:, None]], axis=1)  # [B, L]
+  tokens = jnp.concatenate([*tokens, last[None]]).T  # [B, L]
   if forced is None:
     return tokens, None
-  return tokens, jnp.concatenate([logits.transpose(1, 0, 2), last_logits[:, None]], axis=1)
+  return tokens, jnp.concatenate([*logits, last_logits[None]]).transpose(1, 0, 2)
+
+
+def _segment_ends(num_steps: int, segments: int = 4) -> list[int]:
+  """Ends of the decode loop's segments: steps [0, e_0), [e_0, e_1), ... Each segment attends
+  to a cache only as long as its last position, so early steps read less of it."""
+  return sorted({round(num_steps * (i + 1) / segments) for i in range(segments)} - {0})
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
