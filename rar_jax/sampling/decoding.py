@@ -1,5 +1,7 @@
-"""Jitted class-conditional sampling: a [cls, class] prefill into a preallocated KV cache, then
-one `lax.scan` over the L generation steps, one token per model call.
+"""Jitted class-conditional sampling: a [cls, class] prefill into a KV cache, then `lax.scan`s
+over the L generation steps, one token per model call (in a few segments, each with a cache
+as long as its last position; `_segment_ends`). A speculative window (`speculative.py`)
+samples the same distribution in fewer, wider calls.
 
 Each step takes the logits of the last fed position and applies, in the official order,
 classifier-free guidance with the power-cosine schedule, temperature, then the optional
