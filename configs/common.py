@@ -109,4 +109,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.temperature = 1.0
   c.sampling.top_k = 0  # off, as the official sampler
   c.sampling.top_p = 1.0  # off
+  c.sampling.speculative_window = 0  # the plain sampler (docs/sampling_speed.md)
   return c

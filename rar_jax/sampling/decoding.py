@@ -1,5 +1,7 @@
-"""Jitted class-conditional sampling: a [cls, class] prefill into a preallocated KV cache, then
-one `lax.scan` over the L generation steps, one token per model call.
+"""Jitted class-conditional sampling: a [cls, class] prefill into a KV cache, then `lax.scan`s
+over the L generation steps, one token per model call (in a few segments, each with a cache
+as long as its last position; `_segment_ends`). A speculative window (`speculative.py`)
+samples the same distribution in fewer, wider calls.
 
 Each step takes the logits of the last fed position and applies, in the official order,
 classifier-free guidance with the power-cosine schedule, temperature, then the optional
@@ -13,9 +15,10 @@ on the same device when the batch is sharded, so the guidance combination needs 
 communication. Both rows are fed the same sampled token.
 
 Public calls:
-  SamplingConfig(guidance_scale, guidance_power, temperature, top_k, top_p), or
-  SamplingConfig.from_group(config.sampling, **overrides)
+  SamplingConfig(guidance_scale, guidance_power, temperature, top_k, top_p, speculative_window),
+  or SamplingConfig.from_group(config.sampling, **overrides)
   generate(cfg, params, class_ids, key, sampling, orders=None) -> tokens [B, L] (raster layout)
+  generate_counted(...same...) -> (tokens, model calls of the batch)
   score(cfg, params, tokens, class_ids, sampling, orders=None) -> per-step logits [B, L, V]
   make_sampler(cfg, sampling) -> jitted fn(params, class_ids, key, orders=None) -> tokens
   sample_on_mesh(sampler, mesh, params, class_ids, key, orders=None) -> tokens
@@ -37,6 +40,7 @@ from jax.sharding import Mesh
 from rar_jax import sharding
 from rar_jax.model import rar
 from rar_jax.model.presets import ModelConfig
+from rar_jax.sampling import speculative
 from rar_jax.training import randomization
 
 Array = jax.Array
@@ -59,6 +63,9 @@ class SamplingConfig:
     temperature: divides the logits after guidance.
     top_k: keep the k largest logits; 0 is off.
     top_p: keep the smallest set of tokens with probability >= top_p; 1.0 is off.
+    speculative_window: W > 0 samples with speculative Jacobi decoding over W drafted tokens
+      per model call (`rar_jax.sampling.speculative`; the same distribution); 0 is the plain
+      sampler, one token per call.
   """
 
   guidance_scale: float = 0.0
@@ -66,6 +73,7 @@ class SamplingConfig:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  speculative_window: int = 0
 
   def __post_init__(self):
     if self.temperature <= 0:
@@ -76,6 +84,10 @@ class SamplingConfig:
       raise ValueError(f"sampling.top_k must be >= 0 (0 is off), got {self.top_k!r}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p!r}")
+    if self.speculative_window < 0:
+      raise ValueError(
+        f"sampling.speculative_window must be >= 0 (0 is off), got {self.speculative_window!r}"
+      )
 
   @classmethod
   def from_group(cls, group: Mapping[str, Any], **overrides: Any) -> SamplingConfig:
@@ -115,21 +127,24 @@ def _top_p(logits: Array, p: float) -> Array:
 
 
 def step_logits(sampling: SamplingConfig, raw: Array, step: Array | int, num_steps: int) -> Array:
-  """Model logits of one step -> the logits its token is drawn from.
+  """Model logits of one step (or of a window of W steps) -> the logits its tokens are drawn from.
 
   Args:
     sampling: the sampling config.
-    raw: [R, V] float32 model logits; R = 2B interleaved (cond, null) rows when guided, else B.
-    step: t in [0, L).
+    raw: [R, V] (or [R, W, V]) float32 model logits; R = 2B interleaved (cond, null) rows when
+      guided, else B.
+    step: t in [0, L) (or [W] steps, one per window position).
     num_steps: L.
 
   Returns:
-    [B, V] float32: guided, divided by the temperature, then top-k / top-p filtered (-inf).
+    [B, V] (or [B, W, V]) float32: guided, divided by the temperature, then top-k / top-p
+    filtered (-inf).
   """
   logits = raw
   if sampling.guided:
-    pairs = raw.reshape(-1, 2, raw.shape[-1])  # [B, 2, V]
+    pairs = raw.reshape(-1, 2, *raw.shape[1:])  # [B, 2, (W,) V]
     scale = guidance_schedule(sampling, step, num_steps)
+    scale = scale[..., None] if scale.ndim else scale  # [W, 1] against [B, W, V]
     logits = guided_logits(pairs[:, 0], pairs[:, 1], scale)
   logits = logits / sampling.temperature
   if sampling.top_k:
@@ -151,6 +166,45 @@ def _model_rows(
   return rar.class_tokens(cfg, classes), jnp.repeat(orders, rows, axis=0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Feeder:
+  """The cached model calls of one sampled batch (traced inside a jitted sampler).
+
+  Attributes:
+    run: fn(ids [R, T], start, cache) -> (logits [R, T, V] float32, cache): positions
+      [start, start + T) against the cache, written in place.
+    class_tok: [R] class token ids of the model rows.
+    rows: model rows per sample (2 with guidance: the (cond, null) pair, else 1).
+    cache: the empty preallocated cache (L + 1 positions).
+  """
+
+  run: Callable[[Array, Array | int, rar.Cache], tuple[Array, rar.Cache]]
+  class_tok: Array
+  rows: int
+  cache: rar.Cache
+
+
+def feeder(
+  cfg: ModelConfig,
+  sampling: SamplingConfig,
+  params: Params,
+  class_ids: Array,
+  orders: Array | None,
+) -> Feeder:
+  """Unrolls the layers and binds params, classes and orders for cached decoding."""
+  b = class_ids.shape[0]
+  rows = 2 if sampling.guided else 1
+  class_tok, row_orders = _model_rows(cfg, class_ids, orders, rows)
+  cfg, params = rar.unscan(cfg, params)  # one cache buffer per layer, updated in place
+  apply = functools.partial(rar.RAR(cfg).apply, {"params": params})
+
+  def run(ids: Array, start: Array | int, cache: rar.Cache) -> tuple[Array, rar.Cache]:
+    cache = jax.tree.map(lambda a: nn.with_logical_constraint(a, _CACHE_AXES), cache)
+    return apply(ids, class_tok, row_orders, start, cache)
+
+  return Feeder(run, class_tok, rows, rar.init_cache(cfg, b * rows))
+
+
 def _decode(
   cfg: ModelConfig,
   sampling: SamplingConfig,
@@ -165,19 +219,13 @@ def _decode(
   Returns:
     tokens [B, L] int32 in step order, and the [B, L, V] step logits when forced (else None).
   """
-  b, seq_len = class_ids.shape[0], cfg.seq_len
-  rows = 2 if sampling.guided else 1  # model rows per sample
-  class_tok, row_orders = _model_rows(cfg, class_ids, orders, rows)
-  cfg, params = rar.unscan(cfg, params)  # one cache buffer per layer, updated in place
-  apply = functools.partial(rar.RAR(cfg).apply, {"params": params})
-
-  def run(ids: Array, start: Array | int, cache: rar.Cache):
-    cache = jax.tree.map(lambda a: nn.with_logical_constraint(a, _CACHE_AXES), cache)
-    return apply(ids, class_tok, row_orders, start, cache)
-
-  cache = rar.init_cache(cfg, b * rows)
+  seq_len = cfg.seq_len
+  feed = feeder(cfg, sampling, params, class_ids, orders)
+  rows, class_tok = feed.rows, feed.class_tok
+  ends = _segment_ends(seq_len - 1)
+  cache = rar.init_cache(cfg, class_tok.shape[0], ends[0] + 2)
   prefix = jnp.stack([jnp.zeros_like(class_tok), class_tok], axis=1)  # [R, 2] = [cls, class]
-  out, cache = run(prefix, 0, cache)
+  out, cache = feed.run(prefix, 0, cache)
 
   def choose(raw: Array, t: Array | int, forced_t: Array | None) -> tuple[Array, Array | None]:
     logits = step_logits(sampling, raw, t, seq_len)  # [B, V]
@@ -189,17 +237,54 @@ def _decode(
     raw, cache = carry
     t, forced_t = xs
     token, logits = choose(raw, t, forced_t)
-    out, cache = run(jnp.repeat(token, rows)[:, None], t + 2, cache)  # feed step t at q = t + 2
+    out, cache = feed.run(jnp.repeat(token, rows)[:, None], t + 2, cache)  # step t at q = t + 2
     return (out[:, 0], cache), (token, logits)
 
-  steps = jnp.arange(seq_len - 1)
   forced_cols = None if forced is None else forced[:, :-1].T  # [L - 1, B]
-  (raw, _), (tokens, logits) = jax.lax.scan(body, (out[:, 1], cache), (steps, forced_cols))
+  raw, tokens, logits, start = out[:, 1], [], [], 0
+  for end in ends:  # steps [start, end) write positions up to end + 1: a cache of end + 2
+    grow = ((0, 0), (0, 0), (0, end + 2 - cache[0]["k"].shape[2]), (0, 0))
+    cache = jax.tree.map(lambda a, grow=grow: jnp.pad(a, grow), cache)
+    xs = (jnp.arange(start, end), None if forced is None else forced_cols[start:end])
+    (raw, cache), (seg_tokens, seg_logits) = jax.lax.scan(body, (raw, cache), xs)
+    tokens.append(seg_tokens)
+    logits.append(seg_logits)
+    start = end
   last, last_logits = choose(raw, seq_len - 1, None if forced is None else forced[:, -1])
-  tokens = jnp.concatenate([tokens.T, last[:, None]], axis=1)  # [B, L]
+  tokens = jnp.concatenate([*tokens, last[None]]).T  # [B, L]
   if forced is None:
     return tokens, None
-  return tokens, jnp.concatenate([logits.transpose(1, 0, 2), last_logits[:, None]], axis=1)
+  return tokens, jnp.concatenate([*logits, last_logits[None]]).transpose(1, 0, 2)
+
+
+def _segment_ends(num_steps: int, segments: int = 4) -> list[int]:
+  """Ends of the decode loop's segments: steps [0, e_0), [e_0, e_1), ... Each segment attends
+  to a cache only as long as its last position, so early steps read less of it."""
+  return sorted({round(num_steps * (i + 1) / segments) for i in range(segments)} - {0})
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def generate_counted(
+  cfg: ModelConfig,
+  params: Params,
+  class_ids: Array,
+  key: Array,
+  sampling: SamplingConfig,
+  orders: Array | None = None,
+) -> tuple[Array, Array]:
+  """`generate`, also returning the model calls it made for the batch (a scalar int32: L for
+  the plain sampler, fewer with a speculative window)."""
+  if sampling.speculative_window:
+    feed = feeder(cfg, sampling, params, class_ids, orders)
+    logits_of = functools.partial(step_logits, sampling, num_steps=cfg.seq_len)
+    window, seq_len, codes = sampling.speculative_window, cfg.seq_len, cfg.codebook_size
+    step_tokens, calls = speculative.decode(feed, logits_of, window, seq_len, codes, key)
+  else:  # [cls, class], then L - 1 steps
+    step_tokens, _ = _decode(cfg, sampling, params, class_ids, orders, key, None)
+    calls = jnp.int32(cfg.seq_len)
+  if orders is None:
+    return step_tokens, calls
+  return randomization.permute(step_tokens, jnp.argsort(orders, axis=1)), calls  # a gather
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
@@ -217,18 +302,16 @@ def generate(
     cfg: model config (static).
     params: model parameters (unboxed).
     class_ids: [B] int class indices in [0, num_classes).
-    key: PRNG key; step t draws with fold_in(key, t).
-    sampling: the sampling config (static).
+    key: PRNG key; step t draws with fold_in(key, t) (speculative: call c with fold_in(key, c)).
+    sampling: the sampling config (static); speculative_window > 0 samples the same
+      distribution with `rar_jax.sampling.speculative`.
     orders: [B, L] int generation orders (orders[b, i] = raster position of step i), e.g. from
       randomization.sample_orders; raster (the official and default) when None.
 
   Returns:
     [B, L] int32 tokens in raster layout: tokens[b, orders[b, i]] = the token of step i.
   """
-  step_tokens, _ = _decode(cfg, sampling, params, class_ids, orders, key, None)
-  if orders is None:
-    return step_tokens
-  return randomization.permute(step_tokens, jnp.argsort(orders, axis=1))  # a gather, no scatter
+  return generate_counted(cfg, params, class_ids, key, sampling, orders)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
@@ -261,6 +344,8 @@ def make_sampler(cfg: ModelConfig, sampling: SamplingConfig) -> Sampler:
   It compiles once per input shape/sharding (and once more for orders=None vs given); new
   params, keys, classes or orders of the same shapes reuse that compile.
   """
+  if sampling.speculative_window:
+    speculative.check_window(sampling.speculative_window, cfg.seq_len)
 
   def sample(params: Params, class_ids: Array, key: Array, orders: Array | None = None) -> Array:
     return generate(cfg, params, class_ids, key, sampling, orders)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,7 +74,7 @@ def load(
   path: str, mesh: Mesh | None = None, rules: sharding.Rules = sharding.LOGICAL_RULES
 ) -> Export:
   """Restores an export onto mesh (default: all devices, data-parallel), float32 params."""
-  root = epath.Path(path)
+  root = epath.Path(path if "://" in path else os.path.abspath(path))  # Orbax: absolute only
   meta_path = root / EXPORT_FILE
   if not meta_path.exists():
     raise FileNotFoundError(f"{meta_path} not found: {path} is not a rar_jax export")

@@ -122,6 +122,9 @@ def cli() -> None:
   temperature = flags.DEFINE_float("temperature", None, "Default: the export's.")
   top_k = flags.DEFINE_integer("top_k", 0, "Keep the k most likely codes (0: off, as official).")
   top_p = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0: off, as official).")
+  window = flags.DEFINE_integer(
+    "speculative_window", 0, "Speculative Jacobi window (0: the plain sampler; same samples law)."
+  )
   flags.mark_flags_as_required(["export", "output"])
   flags.register_validator("num_samples", lambda v: v > 0, "--num_samples must be positive")
   flags.register_validator("batch_size", lambda v: v > 0, "--batch_size must be positive")
@@ -139,6 +142,7 @@ def cli() -> None:
       temperature=temperature.value,
       top_k=top_k.value,
       top_p=top_p.value,
+      speculative_window=window.value,
     )
     tok_cfg = {**exp.tokenizer, "weights": weights.value or exp.tokenizer.get("weights")}
     tokenizer = tokenizers.build(tok_cfg, exp.image_size)

@@ -2,6 +2,7 @@
 
   python -m rar_jax.tools.bench train --width=256 --depth=4 --heads=8 --mlp_dim=1024 --batch=8
   python -m rar_jax.tools.bench sample --variant=XL --batch=256 --dtype=bfloat16 --decode
+  python -m rar_jax.tools.bench sample --export=workdirs/digits_export --speculative_window=4,8,16
 
 Step times are medians over --steps timed calls after --warmup calls; compilation is timed
 apart. Model FLOPs are analytic (rar_jax.training.metrics). The fraction of peak uses the chip
@@ -12,6 +13,7 @@ run, so the figure is a ratio that holds on a noisy machine.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -140,6 +142,61 @@ def bench_sample(
   return {"compile_s": compile_s, "step_s": seconds, "flops": sample_flops(cfg, rows)}
 
 
+def bench_export_sample(
+  export_dir: str, batch: int, windows: list[int], steps: int, warmup: int, score_samples: int
+) -> list[dict]:
+  """The plain sampler (window 0) and each speculative window side by side on a trained export
+  with the export's sampling settings. The samplers are timed in interleaved rounds (one call
+  of each per round), so a slower moment of a shared machine hits them all alike. Reports model
+  calls per image and tokens per call (means over the timed calls), images/s (median) and, with
+  score_samples > 0, the digits score of that many samples (a fixed seed)."""
+  from rar_jax.sampling import export, speculative  # noqa: PLC0415
+
+  exp = export.load(export_dir)
+  cfg = exp.model
+  for window in windows:
+    speculative.check_window(window, cfg.seq_len)  # every bad value before any compile
+  classes = jnp.arange(batch, dtype=jnp.int32) % cfg.num_classes
+  results, samplers = [], []
+  for window in [0, *windows]:
+    settings = decoding.SamplingConfig.from_group(exp.sampling, speculative_window=window)
+    counted = functools.partial(decoding.generate_counted, cfg, sampling=settings)
+    start = time.perf_counter()
+    jax.block_until_ready(counted(exp.params, classes, jax.random.key(0)))
+    compile_s = time.perf_counter() - start
+    samplers.append(counted)
+    results.append({"window": window, "batch": batch, "compile_s": round(compile_s, 3)})
+  times = [[] for _ in samplers]
+  calls = [[] for _ in samplers]
+  for round_ in range(warmup + steps):
+    for i, counted in enumerate(samplers):
+      start = time.perf_counter()
+      _, n = jax.block_until_ready(counted(exp.params, classes, jax.random.key(1 + round_)))
+      if round_ >= warmup:
+        times[i].append(time.perf_counter() - start)
+        calls[i].append(int(n))
+  for result, counted, t, n in zip(results, samplers, times, calls, strict=True):
+    result["model_calls_per_image"] = round(float(np.mean(n)), 2)
+    result["tokens_per_call"] = round(cfg.seq_len / float(np.mean(n)), 3)
+    result["images_per_s"] = round(batch / float(np.median(t)), 3)
+    if score_samples:
+      result["score"] = _export_score(exp, counted, score_samples)
+  return results
+
+
+def _export_score(exp: Any, counted: Callable, num: int) -> float:
+  """Digits accuracy of num samples (classes round-robin, a fixed seed) of a counted sampler."""
+  from rar_jax import tokenizers  # noqa: PLC0415
+  from rar_jax.evaluation import digits_score  # noqa: PLC0415
+  from rar_jax.sampling import images  # noqa: PLC0415
+
+  classes = np.arange(num, dtype=np.int32) % exp.model.num_classes
+  tokens, _ = counted(exp.params, jnp.asarray(classes), jax.random.key(12345))
+  tokenizer = tokenizers.build(exp.tokenizer, exp.image_size)
+  samples = images.to_uint8(tokenizer.decode(np.asarray(tokens)))
+  return digits_score.score(samples, classes, exp.model.num_classes)["accuracy"]
+
+
 def _vqgan_decoder(mesh):
   """The released-size MaskGIT-VQGAN decoder with random weights (speed only)."""
   from rar_jax.tokenizers import vqgan  # noqa: PLC0415
@@ -220,6 +277,9 @@ def cli() -> None:
     "compile_only", False, "Compile for --topology with the TPU compiler instead of running."
   )
   flags.DEFINE_string("topology", "v5p:2x2x1", "TPU slice for --compile_only (libtpu's names).")
+  flags.DEFINE_string("export", None, "Sample a trained export (its sizes and settings) instead.")
+  flags.DEFINE_list("speculative_window", [], "With --export: windows W to compare to W = 0.")
+  flags.DEFINE_integer("score_samples", 0, "With --export: digits score of this many samples.")
   f = flags.FLAGS
 
   def main(argv: list[str]) -> None:
@@ -229,6 +289,17 @@ def cli() -> None:
     if len(argv) != 2 or argv[1] not in ("train", "sample"):
       raise app.UsageError("usage: python -m rar_jax.tools.bench train|sample [flags]")
     mode = argv[1]
+    if f.speculative_window and not f.export:
+      raise app.UsageError("--speculative_window needs --export (a trained model's acceptance)")
+    if f.export:
+      if mode != "sample":
+        raise app.UsageError("--export is for `bench sample`")
+      windows = [int(w) for w in f.speculative_window]
+      for result in bench_export_sample(
+        f.export, f.batch, windows, f.steps, f.warmup, f.score_samples
+      ):
+        print(json.dumps({"backend": jax.default_backend(), **result}), flush=True)
+      return
     sizes = {k: getattr(f, k) for k in ("width", "depth", "heads", "mlp_dim")}
     cfg = presets.resolve(
       {
