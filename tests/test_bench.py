@@ -30,6 +30,7 @@ FIELDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["train", "sample"])
 def test_bench_prints_one_json_line(mode, tmp_path):
   trace = tmp_path / "trace"

@@ -12,6 +12,7 @@ def _autodiff_attention(q, k, v, mask, seeds, scale, rate):
   return attention._forward(q, k, v, mask, seeds, scale, rate, 1)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", [0.0, 0.3])
 @pytest.mark.parametrize("queries,keys", [(10, 10), (3, 12)])
 def test_gradients_match_autodiff(rate, queries, keys):
@@ -34,6 +35,7 @@ def test_gradients_match_autodiff(rate, queries, keys):
     np.testing.assert_allclose(a, r, atol=2e-6, rtol=1e-5, err_msg=f"d{name}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blocks", [2, 4])
 def test_query_blocks_give_the_unsplit_result(blocks):
   """Blocked causal attention: same output, gradients and dropout mask as the full square."""

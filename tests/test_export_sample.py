@@ -44,6 +44,7 @@ def trained_workdir(tmp_path_factory):
   return workdir, jax.device_get(state.params)
 
 
+@pytest.mark.slow
 def test_export_from_workdir_loads_on_another_mesh(trained_workdir, tmp_path):
   workdir, params = trained_workdir
   config = checkpointing.read_workdir_config(workdir)
@@ -65,6 +66,7 @@ def test_export_from_workdir_loads_on_another_mesh(trained_workdir, tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_export_cli_writes_an_official_state_dict(trained_workdir, tmp_path):
   torch = pytest.importorskip("torch", reason="writing .bin needs the optional torch extra")
   workdir, params = trained_workdir
@@ -95,6 +97,7 @@ def test_class_schedule_is_contiguous_and_balanced():
   assert sample.class_schedule(7, 3).tolist() == [0, 0, 0, 1, 1, 2, 2]
 
 
+@pytest.mark.slow
 def test_sample_set_is_resumable_and_adm_formatted(trained_workdir, tmp_path):
   workdir, params = trained_workdir
   config = checkpointing.read_workdir_config(workdir)

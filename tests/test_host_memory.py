@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 _PROBE = """
 import json, resource, sys
 from rar_jax import host_memory
@@ -35,6 +37,7 @@ def _faults(retain: bool) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_retaining_freed_memory_removes_page_faults():
   default, retained = _faults(False), _faults(True)
   assert retained["applied"]

@@ -165,6 +165,7 @@ def test_to_global_on_mesh(data_dir):
   np.testing.assert_array_equal(np.asarray(first["tokens"]), local["tokens"])
 
 
+@pytest.mark.slow
 def test_multiprocess_prefetch(data_dir):
   ds = pipeline.make_dataset(
     data_dir, global_batch=8, seed=0, process_index=1, process_count=2, worker_count=2

@@ -10,6 +10,7 @@ from rar_jax.tools import chips
 from rar_jax.training import metrics
 
 
+@pytest.mark.slow
 def test_analytic_flops_match_xla_cost_analysis():
   # Unscanned: XLA's cost analysis counts a loop body once, so compare on the unrolled model.
   cfg = presets.resolve(

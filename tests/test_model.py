@@ -67,6 +67,7 @@ def test_reference_matches_golden(golden):
   np.testing.assert_allclose(ref, g["logits"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_parity_at_other_sizes():
   """Head dim 12, mlp ratio 2.5, 16 tokens, 40 codes, 7 classes: sizes all come from config."""
   cfg = _small_cfg(width=36, heads=3, mlp_dim=90, codebook_size=40, num_classes=7)
@@ -140,6 +141,7 @@ def test_explicit_sizes_override_variant_and_bad_configs():
     presets.resolve({"variant": "B", "attention_blocks": 0})
 
 
+@pytest.mark.slow
 def test_causality_and_order_travel_together():
   """Outputs 0..k depend only on the first k + 1 entries of the order and their tokens."""
   cfg = _small_cfg(dropout=0.0)
@@ -159,6 +161,7 @@ def test_causality_and_order_travel_together():
   assert not np.allclose(la[:, 11], l2[:, 11], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_kv_cache_matches_full_forward():
   """Prefill [cls, class] then one token per call through the cache = the full forward."""
   cfg = _small_cfg()
@@ -181,6 +184,7 @@ def test_kv_cache_matches_full_forward():
   np.testing.assert_allclose(np.stack(steps, 1), full[:, :-1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   cfg = _small_cfg()
   params = convert.from_official(_random_official(cfg), cfg)
@@ -195,6 +199,7 @@ def test_dropout_only_in_training():
   assert not np.allclose(train_a, eval_a, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_sharded_init_and_logits_match_single_device():
   cfg = _small_cfg()
   mesh = sharding.make_mesh((2, 2, 2))
@@ -219,6 +224,7 @@ def test_sharded_init_and_logits_match_single_device():
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(expected), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_scan_and_remat_variants_compute_the_same_gradients():
   base = _small_cfg(dropout=0.0, attn_dropout=0.0)
   state = _random_official(base)
@@ -245,6 +251,7 @@ def test_scan_and_remat_variants_compute_the_same_gradients():
       np.testing.assert_allclose(grads[key], results[0][1][key], atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switches", SWITCHES[1:], ids=["library", "autodiff_attention"])
 def test_numeric_switches_compute_the_same_training_gradients(switches):
   """With dropout on (the same hash masks on every path), the library paths' gradients equal

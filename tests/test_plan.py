@@ -55,6 +55,7 @@ def planned():
   return plan.run(ARGV)
 
 
+@pytest.mark.slow
 def test_plan_memory_flops_and_verdicts(planned):
   analysis, est, text = planned
   # --hbm_gib=0.0001: does not fit.

@@ -58,6 +58,7 @@ def test_bad_split_in_metadata_is_named(split_dir):
     records.DatasetMetadata.from_json(json.dumps(raw), where=path)
 
 
+@pytest.mark.slow
 def test_heldout_eval_is_the_raster_loss_of_the_whole_split(split_dir):
   """Every held-out record counted once (21 records: two batches of 16, 11 padding rows)."""
   config = train_worker.tiny_config(split_dir, 1)

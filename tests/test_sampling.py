@@ -43,6 +43,7 @@ def _orders(b: int, seed: int = 0):
   return randomization.sample_orders(jax.random.key(seed), b, L, 0.5)
 
 
+@pytest.mark.slow
 def test_score_through_cache_matches_full_forward(params):
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(0, V, (4, L)))
@@ -61,6 +62,7 @@ def test_score_through_cache_matches_full_forward(params):
   np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_guidance_scale_one_is_conditional(params):
   rng = np.random.default_rng(1)
   cond, uncond = (jnp.asarray(rng.normal(size=(3, V)), jnp.float32) for _ in range(2))
@@ -75,6 +77,7 @@ def test_guidance_scale_one_is_conditional(params):
   np.testing.assert_array_equal(on, off)
 
 
+@pytest.mark.slow
 def test_same_seed_same_tokens_on_every_mesh(params, guided_sampler):
   assert jax.config.jax_threefry_partitionable
   sampler = guided_sampler

@@ -27,6 +27,7 @@ def data_dir(tmp_path_factory):
   return train_worker.write_random_dataset(str(tmp_path_factory.mktemp("data")))
 
 
+@pytest.mark.slow
 def test_one_step_is_the_same_on_every_mesh():
   cfg = presets.resolve(
     dict(width=32, depth=2, heads=4, mlp_dim=64, seq_len=16, codebook_size=32, num_classes=10)
@@ -96,6 +97,7 @@ def _params(workdir, data_dir, steps):
   )
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path, data_dir):
   killed, straight = tmp_path / "killed", tmp_path / "straight"
   proc = _start_worker(killed, data_dir, 6, pause_at=3)
@@ -110,6 +112,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, data_dir):
   assert (killed / it).read_text() == (straight / it).read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, data_dir):
   proc = _start_worker(tmp_path, data_dir, 1000, pause_at=3)
   _wait_for(proc, "PAUSED 3")
@@ -131,6 +134,7 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, data_d
   assert tuple(kernel.sharding.spec) == (None, "fsdp", "tensor")
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_the_last_k_and_every_mth(tmp_path, data_dir):
   cfg = presets.resolve(
     dict(width=8, depth=1, heads=2, mlp_dim=8, seq_len=16, codebook_size=32, num_classes=10)
@@ -147,6 +151,7 @@ def test_checkpoints_keep_the_last_k_and_every_mth(tmp_path, data_dir):
   assert manager.all_steps() == [4, 8, 9, 10]
 
 
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_falls_back(tmp_path, data_dir, caplog):
   config = train_worker.tiny_config(data_dir, 6)
   train.train_and_evaluate(config, str(tmp_path))
@@ -197,6 +202,7 @@ def test_data_that_does_not_fit_the_model_is_named(tmp_path, data_dir):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_the_job_naming_the_step(tmp_path, data_dir):
   config = train_worker.tiny_config(data_dir, 50)
   config.optim.lr, config.optim.warmup_steps, config.optim.grad_clip_norm = 1e35, 1, 1e35
