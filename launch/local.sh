@@ -35,6 +35,12 @@ case "$cmd" in
     "$py" -m pytest -q "$@"
     ;;
   train)
+    # On a machine with neither a TPU nor an NVIDIA GPU, JAX is told to use the CPU: otherwise
+    # libtpu (installed by the test extra) probes for a TPU at start-up and prints errors.
+    if [[ -z "${JAX_PLATFORMS:-}" ]] && ! compgen -G "/dev/accel*" >/dev/null \
+      && ! compgen -G "/dev/vfio/[0-9]*" >/dev/null && ! command -v nvidia-smi >/dev/null; then
+      export JAX_PLATFORMS=cpu
+    fi
     "$py" -m rar_jax.main --config=configs/digits.py --workdir="${RAR_WORKDIR:-workdirs/digits}" "$@"
     ;;
   *)
