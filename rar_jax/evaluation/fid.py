@@ -77,7 +77,9 @@ def frechet_distance(
       f"covariances {sigma1.shape} and {sigma2.shape} do not match the means {mu1.shape}"
     )
   diff = mu1 - mu2
-  covmean = linalg.sqrtm(sigma1 @ sigma2)
+  with warnings.catch_warnings():  # scipy's "singular matrix" note: a non-finite root is handled
+    warnings.simplefilter("ignore", linalg.LinAlgWarning)
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
   if not np.isfinite(covmean).all():
     warnings.warn(
       f"fid: singular product of covariances; adding {eps} to their diagonals", stacklevel=2
