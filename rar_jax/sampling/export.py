@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
-from absl import app, flags
+from absl import app, flags, logging
 from etils import epath
 from jax.sharding import Mesh
 from ml_collections import config_flags
@@ -88,25 +88,59 @@ def load(
 
 
 def params_from_workdir(workdir: str, step: int | None, cfg: ModelConfig, mesh: Mesh) -> Any:
-  """Restores only the parameters of a training checkpoint (no optimizer state is read)."""
+  """Restores only the parameters of a training checkpoint (no optimizer state is read).
+
+  step None: the newest checkpoint that passes its checksums and restores; newer ones that do
+  not are skipped with a warning naming them (as training does; nothing is moved).
+
+  Raises:
+    FileNotFoundError: the workdir has no checkpoint, or none at `step`.
+    RuntimeError: no candidate restores; names the checkpoint(s) and the steps for --step.
+  """
   manager = checkpointing.make_manager(
     workdir, {"every_steps": 1, "keep": 1, "keep_every": 0}, read_only=True
   )
-  step = manager.latest_step() if step is None else step
-  if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}/checkpoints")
+  steps = sorted(manager.all_steps(), reverse=True)
+  available = ", ".join(map(str, sorted(steps)))
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+  if step is not None and step not in steps:
+    raise FileNotFoundError(
+      f"no checkpoint at step {step} in {manager.directory}; pass --step=N with one of: {available}"
+    )
   abstract = rar.sharded_abstract_params(cfg, mesh)
-  restored = manager.restore(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-        item={"params": abstract},
-        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
-        partial_restore=True,
-      )
-    ),
-  )
-  return restored.state["params"]
+
+  def restore(s: int) -> Any:
+    restored = manager.restore(
+      s,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item={"params": abstract},
+          restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
+          partial_restore=True,
+        )
+      ),
+    )
+    return restored.state["params"]
+
+  candidates = steps if step is None else [step]
+  found = checkpointing.first_restorable(manager, candidates, restore)
+  if found is None:
+    noun = "checkpoint" if len(candidates) == 1 else "checkpoints"
+    tried = ", ".join(os.fspath(manager.directory / str(s)) for s in candidates)
+    raise RuntimeError(
+      f"{noun} {tried} could not be restored (see the warnings above); pass --step=N "
+      f"with another step (available: {available})"
+    )
+  restored_step, params, skipped = found
+  if skipped:
+    logging.warning(
+      "Exporting checkpoint %d of %s: the newer %s could not be used",
+      restored_step,
+      manager.directory,
+      ", ".join(map(str, skipped)),
+    )
+  return params
 
 
 def cli() -> None:

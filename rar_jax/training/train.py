@@ -55,6 +55,7 @@ def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
     group, name = key.split(".")
     if config[group][name] <= 0:
       raise ValueError(f"{key} must be positive, got {config[group][name]}")
+  checkpointing.validate(config.checkpoint)
   profiling.validate(config.profile)
   if config.eval.grid_every < 0:
     raise ValueError(f"eval.grid_every must be >= 0 (0 = off), got {config.eval.grid_every}")
