@@ -399,7 +399,7 @@ def make_sampler(cfg: ModelConfig, sampling: SamplingConfig) -> Sampler:
 
   It compiles once per input shape/sharding (and once more for orders=None vs given); new
   params, keys, classes or orders of the same shapes reuse that compile. Concrete class ids
-  are checked first (`check_class_ids`); `.lower` is the jitted function's.
+  are checked first (`check_class_ids`); `.lower` and the rest are the jitted function's.
   """
   if sampling.speculative_window:
     speculative.check_window(sampling.speculative_window, cfg.seq_len)
@@ -407,14 +407,24 @@ def make_sampler(cfg: ModelConfig, sampling: SamplingConfig) -> Sampler:
   def sample(params: Params, class_ids: Array, key: Array, orders: Array | None = None) -> Array:
     return _generate_counted(cfg, params, class_ids, key, sampling, orders)[0]
 
-  jitted = jax.jit(sample)
+  return _CheckedSampler(cfg, jax.jit(sample))
 
-  def checked(params: Params, class_ids: Array, key: Array, orders: Array | None = None) -> Array:
-    check_class_ids(cfg, class_ids)
-    return jitted(params, class_ids, key, orders)
 
-  checked.lower = jitted.lower
-  return checked
+class _CheckedSampler:
+  """A jitted sampler that checks concrete class ids first; every other attribute (`lower`,
+  `_cache_size`, ...) is the jitted function's."""
+
+  def __init__(self, cfg: ModelConfig, jitted: Sampler):
+    self._cfg, self._jitted = cfg, jitted
+
+  def __call__(
+    self, params: Params, class_ids: Array, key: Array, orders: Array | None = None
+  ) -> Array:
+    check_class_ids(self._cfg, class_ids)
+    return self._jitted(params, class_ids, key, orders)
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._jitted, name)
 
 
 def sample_on_mesh(
