@@ -51,16 +51,30 @@ class _StorageType:
     self.dtype = dtype
 
 
+# A tensor may be a view of part of a storage, or of the same storage as another tensor (tied
+# weights); a stride-0 (expanded) or overlapping view reads the same elements several times, so
+# a tiny file could ask for gigabytes. Allowed: any tensor whose logical size is within its
+# storage's size, or exceeds it by at most _MAX_EXPANSION bytes, and in all at most
+# _MAX_SHARING x the stored storages' bytes plus _MAX_EXPANSION.
+_MAX_EXPANSION = 1 << 20
+_MAX_SHARING = 4
+
+
 class _Tensor:
-  """A rebuilt tensor; unwrapped to its array once unpickling is done. Refuses BUILD."""
+  """A rebuilt tensor: a read-only strided view of its storage until `materialize` copies it
+  (after the size checks of `_materialize_all`). Refuses BUILD."""
 
-  __slots__ = ("array",)
+  __slots__ = ("view", "storage_bytes")
 
-  def __init__(self, array: np.ndarray):
-    self.array = array
+  def __init__(self, view: np.ndarray, storage_bytes: int):
+    self.view, self.storage_bytes = view, storage_bytes
 
   def __setstate__(self, state: Any):
     raise pickle.UnpicklingError("unexpected state on a tensor")
+
+  def materialize(self) -> np.ndarray:
+    array = np.array(self.view)
+    return array.astype(np.float32) if array.dtype == ml_dtypes.bfloat16 else array
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, hooks, meta=None):
@@ -73,19 +87,16 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, hoo
   if len(size) != len(stride) or not all(type(i) is int and i >= 0 for i in ints):
     raise pickle.UnpicklingError(f"bad tensor geometry: offset {storage_offset}, {size}, {stride}")
   if 0 in size:
-    array = np.empty(size, storage.dtype)
+    view = np.empty(size, storage.dtype)
   else:
     last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= storage.size:
       raise pickle.UnpicklingError(f"tensor {size} at offset {storage_offset} exceeds storage")
     item = storage.itemsize
-    view = np.lib.stride_tricks.as_strided(
+    view = np.lib.stride_tricks.as_strided(  # no copy: `_materialize_all` checks sizes first
       storage[storage_offset:], shape=size, strides=[s * item for s in stride], writeable=False
     )
-    array = np.array(view)
-  if array.dtype == ml_dtypes.bfloat16:
-    array = array.astype(np.float32)
-  return _Tensor(array)
+  return _Tensor(view, storage.nbytes)
 
 
 def _rebuild_parameter(data, requires_grad, hooks, state=None):
@@ -125,6 +136,11 @@ class _TensorUnpickler(pickle.Unpickler):
       )
     return _ALLOWED[module, name]
 
+  @property
+  def stored_bytes(self) -> int:
+    """Bytes of all storages read so far."""
+    return sum(storage.nbytes for storage in self._storages.values())
+
   def persistent_load(self, pid: Any) -> np.ndarray:
     if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
       raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
@@ -139,6 +155,26 @@ class _TensorUnpickler(pickle.Unpickler):
       storage = np.frombuffer(raw, dtype, count=numel)
       self._storages[key] = storage.byteswap() if self._swap else storage
     return self._storages[key]
+
+
+def _materialize_all(path: str, tensors: Mapping[str, _Tensor], stored: int) -> dict:
+  """Copies each tensor out of its storage, after refusing expanded (stride-0 or overlapping)
+  tensors beyond `_MAX_EXPANSION` and totals beyond `_MAX_SHARING` x the `stored` bytes."""
+  limit, total = _MAX_SHARING * stored + _MAX_EXPANSION, 0
+  for key, tensor in tensors.items():
+    logical = tensor.view.nbytes
+    if logical > tensor.storage_bytes + _MAX_EXPANSION:
+      raise ValueError(
+        f"{path}: tensor {key!r} of shape {tensor.view.shape} needs {logical} bytes from a "
+        f"storage of {tensor.storage_bytes} (a stride-0 or overlapping view); refusing it"
+      )
+    total += logical
+    if total > limit:
+      raise ValueError(
+        f"{path}: tensor {key!r} brings the tensors to {total} bytes, more than {_MAX_SHARING}x"
+        f" the {stored} bytes stored (views sharing storages); refusing the file"
+      )
+  return {key: tensor.materialize() for key, tensor in tensors.items()}
 
 
 def _load_torch_zip(path: str) -> dict[str, np.ndarray]:
@@ -156,7 +192,8 @@ def _load_torch_zip(path: str) -> dict[str, np.ndarray]:
       pkls = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
       if len(pkls) != 1:
         raise ValueError(f"{path}: expected one '<prefix>/data.pkl' in the archive, got {pkls}")
-      obj = _TensorUnpickler(archive, pkls[0].split("/")[0], path).load()
+      unpickler = _TensorUnpickler(archive, pkls[0].split("/")[0], path)
+      obj = unpickler.load()
   except pickle.UnpicklingError as e:
     msg = str(e) if str(e).startswith(path) else f"{path}: {e}"
     raise pickle.UnpicklingError(msg) from e
@@ -164,15 +201,13 @@ def _load_torch_zip(path: str) -> dict[str, np.ndarray]:
     raise ValueError(f"{path}: corrupt or malformed torch checkpoint: {e!r}") from e
   if not isinstance(obj, dict):
     raise ValueError(f"{path}: expected a state dict, got a {type(obj).__name__}")
-  out = {}
   for k, v in obj.items():
     if not isinstance(k, str) or not isinstance(v, _Tensor):
       raise ValueError(
         f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor; only flat state dicts of"
         " tensors are supported (extract e.g. checkpoint['state_dict'] and save that)"
       )
-    out[k] = v.array
-  return out
+  return _materialize_all(path, obj, unpickler.stored_bytes)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

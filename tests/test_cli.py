@@ -107,3 +107,95 @@ def test_console_script_answers_help(script):
 @pytest.mark.slow
 def test_sweep_launcher_answers_help():
   _check(_help("launch/sweep.py"), "collect")
+
+
+# ---------------------------------------------------------------------------------------------
+# User errors: one line on stderr, `error: ...`, exit status 2 (rar_jax/entry_points.py).
+
+
+def _command(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+  """Runs this interpreter with args from the repository root (CPU only)."""
+  inherited = {k: v for k, v in os.environ.items() if k != "RAR_TRACEBACK"}
+  env = {**inherited, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", **(env or {})}
+  return subprocess.run(
+    [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+  """The command failed with status 2 and printed exactly one line naming every needle."""
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2, proc.stderr
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+
+
+TRAIN = ("-m", "rar_jax.main", "--config=configs/digits.py")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "override, needles",
+  [
+    ("--config.train.nosuch=3", ("unknown config key 'nosuch'", "--config.train.nosuch=3")),
+    ("--config.optim.lr=-1", ("optim.lr must be > 0, got -1.0",)),
+    ("--config.optim.b2=1.5", ("optim.b2 must be in [0, 1), got 1.5",)),
+    ("--config.randomness.label_dropout=1.5", ("randomness.label_dropout", "1.5")),
+    ("--config.randomness.anneal_start_steps=-5", ("randomness.anneal_start_steps", "-5")),
+    ("--config.sampling.guidance_scale=-2", ("sampling.guidance_scale must be >= 0", "-2.0")),
+    ("--config.train.steps=abc", ("--config.train.steps=abc",)),
+  ],
+)
+def test_training_user_errors_print_one_line(tmp_path, override, needles):
+  proc = _command(*TRAIN, override, f"--workdir={tmp_path / 'w'}")
+  assert_one_line_error(proc, *needles)
+
+
+@pytest.mark.slow
+def test_traceback_on_request(tmp_path):
+  args = (*TRAIN, "--config.optim.lr=-1", f"--workdir={tmp_path / 'w'}")
+  for env, extra in (({"RAR_TRACEBACK": "1"}, ()), ({}, ("--verbosity=1",))):
+    proc = _command(*args, *extra, env=env)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "optim.lr must be > 0" in proc.stderr
+
+
+@pytest.mark.slow
+def test_empty_jsonl_is_named_in_one_line(tmp_path):
+  (tmp_path / "empty.jsonl").write_text("")
+  proc = _command(
+    "-m",
+    "rar_jax.data.pretokenize",
+    "--config=configs/pretokenize.py:jsonl",
+    f"--config.path={tmp_path / 'empty.jsonl'}",
+    f"--output_dir={tmp_path / 'out'}",
+  )
+  assert_one_line_error(proc, f"{tmp_path / 'empty.jsonl'} is empty")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["float", "corrupt", "unit_uint8"])
+def test_bad_samples_file_is_named_in_one_line(tmp_path, kind):
+  import numpy as np  # noqa: PLC0415
+
+  images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), np.uint8)
+  np.savez(tmp_path / "ref.npz", arr_0=images)
+  samples = tmp_path / "samples.npz"
+  if kind == "float":
+    np.savez(samples, arr_0=images / 255.0)
+  elif kind == "unit_uint8":
+    np.savez(samples, arr_0=(images / 255.0).round().astype(np.uint8))
+  else:
+    np.savez(samples, arr_0=images)
+    samples.write_bytes(samples.read_bytes()[:-30])  # the zip directory is cut off
+  (tmp_path / "w.pth").write_bytes(b"not read: the samples are checked first")
+  proc = _command(
+    "-m",
+    "rar_jax.evaluation.evaluate",
+    f"--samples={samples}",
+    f"--reference={tmp_path / 'ref.npz'}",
+    f"--inception_weights={tmp_path / 'w.pth'}",
+  )
+  want = {"float": "dtype float64", "corrupt": "corrupt .npz", "unit_uint8": "values 0 and 1"}
+  assert_one_line_error(proc, str(samples), want[kind])

@@ -1,5 +1,6 @@
 """Export (from a workdir, to torch) and sample sets (resumable chunks -> ADM npz)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -135,3 +136,79 @@ def test_uint8_conversion_truncates_and_grid_layout():
   assert grid.shape == (2 * 18 + 2, 3 * 18 + 2, 3)
   assert (grid[18 + 2 : 18 + 18, 18 + 2 : 18 + 18] == 255).all()
   assert (grid[2:18, 2:18] == 0).all() and (grid[0:2] == 128).all()
+
+
+def _sample_cli(export_dir, out, *flags: str) -> subprocess.CompletedProcess:
+  """`python -m rar_jax.sampling.sample` of 20 images in chunks of 8, seed 3 unless flags say."""
+  args = [f"--export={export_dir}", f"--output={out}", "--num_samples=20", "--batch_size=8"]
+  return subprocess.run(
+    [sys.executable, "-m", "rar_jax.sampling.sample", *args, "--seed=3", *flags],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+@pytest.mark.slow
+def test_sample_set_refuses_other_settings_and_overwrite_starts_over(trained_workdir, tmp_path):
+  workdir, params = trained_workdir
+  config = checkpointing.read_workdir_config(workdir)
+  cfg = presets.resolve(config.model)
+  for name in ("exp", "exp2"):
+    export.write(str(tmp_path / name), params, cfg, config)
+  out = tmp_path / "samples"
+  first = _sample_cli(tmp_path / "exp", out)
+  assert first.returncode == 0, first.stderr
+  assert "3 of 3 chunks to sample" in first.stderr
+  recorded = json.loads((out / sample.MANIFEST_FILE).read_text())
+  assert recorded["seed"] == 3 and recorded["num_samples"] == 20
+  assert recorded["export"] == str(tmp_path / "exp") and recorded["sampling"]["guidance_scale"] == 2
+  samples = np.load(out / "samples.npz")["arr_0"]
+  chunks = {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()}
+
+  same = _sample_cli(tmp_path / "exp", out)  # the same settings resume (nothing left to do)
+  assert same.returncode == 0 and "0 of 3 chunks to sample" in same.stderr, same.stderr
+
+  refusals = {
+    ("--guidance_scale=3",): "sampling.guidance_scale=2.0 there, sampling.guidance_scale=3.0 now",
+    ("--seed=4",): "seed=3 there, seed=4 now",
+    ("--num_samples=24",): "num_samples=20 there, num_samples=24 now",
+    ("--export=" + str(tmp_path / "exp2"),): f"export='{tmp_path / 'exp'}' there",
+  }
+  for flags, message in refusals.items():
+    proc = _sample_cli(tmp_path / "exp", out, *flags)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert message in lines[0] and "--overwrite" in lines[0], lines[0]
+  assert {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()} == chunks
+  np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], samples)
+
+  (out / "notes.txt").write_text("mine")  # not the sampler's: --overwrite keeps it
+  again = _sample_cli(tmp_path / "exp", out, "--seed=4", "--overwrite")
+  assert again.returncode == 0 and "3 of 3 chunks to sample" in again.stderr, again.stderr
+  assert json.loads((out / sample.MANIFEST_FILE).read_text())["seed"] == 4
+  assert not (np.load(out / "samples.npz")["arr_0"] == samples).all()
+  assert (out / "notes.txt").read_text() == "mine"
+
+  bad = _sample_cli(tmp_path / "exp", tmp_path / "other", "--guidance_scale=-1")
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+    "error: sampling.guidance_scale must be >= 0 (0 is off), got -1.0"
+  ]
+
+
+@pytest.mark.slow
+def test_sample_set_without_manifest_is_refused(trained_workdir, tmp_path):
+  workdir, params = trained_workdir
+  config = checkpointing.read_workdir_config(workdir)
+  cfg = presets.resolve(config.model)
+  export.write(str(tmp_path / "exp"), params, cfg, config)
+  exp = export.load(str(tmp_path / "exp"))
+  tok = tokenizers.build(exp.tokenizer, exp.image_size)
+  out = epath.Path(tmp_path / "samples")
+  (out / "chunks").mkdir(parents=True)
+  (out / "chunks" / "000000-p000.npz").write_bytes(b"old")
+  settings = decoding.SamplingConfig()
+  with pytest.raises(FileExistsError, match=r"holds samples but no sample_set\.json"):
+    sample.generate(exp, tok, out, num_samples=8, batch_size=8, seed=0, settings=settings)

@@ -99,7 +99,9 @@ def test_out_of_bounds_tensor_geometry_is_refused():
     torch_io._rebuild_tensor_v2(storage, 2, (3,), (1,), False, None)
   with pytest.raises(pickle.UnpicklingError, match="bad tensor geometry"):
     torch_io._rebuild_tensor_v2(storage, 0, (2,), (-1,), False, None)
-  assert torch_io._rebuild_tensor_v2(storage, 1, (2, 2), (0, 1), False, None).array.shape == (2, 2)
+  assert torch_io._rebuild_tensor_v2(
+    storage, 1, (2, 2), (0, 1), False, None
+  ).materialize().shape == (2, 2)
 
 
 def test_load_errors(tmp_path):
@@ -183,3 +185,26 @@ def test_save_torch_without_torch_raises_import_error(tmp_path, monkeypatch):
   with pytest.raises(ImportError, match=r"rar_jax\[torch\]"):
     torch_io.save_state_dict({"w": np.ones(2)}, tmp_path / "w.bin")
   assert os.listdir(tmp_path) == []
+
+
+def test_stride_zero_expanded_tensor_is_refused_without_allocating(tmp_path):
+  torch = pytest.importorskip("torch", reason=TORCH_REASON)
+  path = tmp_path / "bomb.bin"
+  # 1 stored float viewed as 40,000 x 40,000: 6.4 GB if copied out, a 1.6 KB file.
+  torch.save({"ok": torch.ones(3), "bomb": torch.zeros(1).expand(40_000, 40_000)}, path)
+  assert path.stat().st_size < 2_000
+  with pytest.raises(ValueError, match=r"bomb\.bin: tensor 'bomb' of shape \(40000, 40000\)"):
+    torch_io.load_state_dict(path)
+
+
+def test_many_views_of_one_storage_are_capped(tmp_path):
+  torch = pytest.importorskip("torch", reason=TORCH_REASON)
+  base = torch.zeros(1 << 19)  # 2 MiB, each view within it: no single tensor is expanded
+  path = tmp_path / "views.bin"
+  torch.save({f"v{i}": base for i in range(8)}, path)
+  with pytest.raises(ValueError, match=r"views\.bin: tensor 'v4' brings the tensors to"):
+    torch_io.load_state_dict(path)
+  # Tied weights (a few tensors sharing one storage) and small broadcasts still load.
+  torch.save({"a": base, "b": base, "c": torch.ones(1).expand(1000)}, path)
+  loaded = torch_io.load_state_dict(path)
+  assert loaded["b"].shape == (1 << 19,) and loaded["c"].tolist() == [1.0] * 1000

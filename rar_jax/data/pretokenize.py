@@ -174,6 +174,8 @@ class JsonlSource:
     self.num_classes = spec.num_classes
     self.description = f"jsonl:{path}"
     self._offsets = _line_offsets(path)  # [num_lines] int64 byte offsets
+    if not len(self._offsets):
+      raise ValueError(f"JSONL file {path} is empty: no lines to pretokenize")
 
   def __len__(self) -> int:
     return len(self._offsets)

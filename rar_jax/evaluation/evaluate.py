@@ -43,6 +43,8 @@ def run(
     inception,
   )
 
+  for path in (samples, reference):  # bad images are named before any Inception pass
+    fid.check_images(path)
   extractor = inception.FeatureExtractor.from_file(inception_weights, batch_size=batch_size)
   return fid.evaluate(samples, reference, extractor, distance_dtype=distance_dtype)
 

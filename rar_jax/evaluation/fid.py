@@ -25,11 +25,13 @@ computed from its images.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -255,6 +257,15 @@ def _read_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
   return None
 
 
+@contextlib.contextmanager
+def named_npz_errors(path: str) -> Iterator[None]:
+  """Re-raises a corrupt archive's zipfile/zlib errors as a ValueError naming the file."""
+  try:
+    yield
+  except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+    raise ValueError(f"{path}: corrupt .npz file ({e})") from e
+
+
 def _open_member(archive: zipfile.ZipFile, path: str, key: str) -> Any:
   if f"{key}.npy" not in archive.namelist():
     have = [n[: -len(".npy")] for n in archive.namelist()]
@@ -268,6 +279,11 @@ def iter_npz_batches(
   """Yields consecutive [<= batch_size, ...] slices of `key` in an `.npz` without loading it
   whole (plain or compressed members; Fortran-order or v3 headers are loaded in memory)."""
   path = os.fspath(path)
+  with named_npz_errors(path):
+    yield from _npz_batches(path, batch_size, key)
+
+
+def _npz_batches(path: str, batch_size: int, key: str) -> Iterator[np.ndarray]:
   with zipfile.ZipFile(path) as archive, _open_member(archive, path, key) as f:
     header = _read_header(f)
     if header is not None and not header[1] and not header[2].hasobject:
@@ -284,15 +300,48 @@ def iter_npz_batches(
     yield arr[start : start + batch_size]
 
 
+def npz_array_header(path: str | os.PathLike, key: str = "arr_0") -> tuple[tuple[int, ...], Any]:
+  """(shape, dtype) of one array of an `.npz`, read from its header; ValueError naming the file
+  when it is not a readable `.npz` or lacks the array."""
+  path = os.fspath(path)
+  with named_npz_errors(path):
+    with zipfile.ZipFile(path) as archive, _open_member(archive, path, key) as f:
+      header = _read_header(f)
+    if header is not None:
+      return tuple(header[0]), header[2]
+    with np.load(path, allow_pickle=False) as npz:
+      return tuple(npz[key].shape), npz[key].dtype
+
+
 def npz_array_shape(path: str | os.PathLike, key: str = "arr_0") -> tuple[int, ...]:
   """Shape of one array of an `.npz`, read from its header."""
+  return npz_array_header(path, key)[0]
+
+
+def check_images(path: str | os.PathLike) -> tuple[int, ...]:
+  """Checks that `arr_0` of an `.npz` holds uint8 images [N > 0, H, W, 3] in [0, 255], reading
+  the header and the first 256 images only; returns the shape.
+
+  Raises:
+    ValueError: naming the file: not a readable `.npz`, no `arr_0`, another shape, a dtype other
+      than uint8 (e.g. float images in [0, 1]), or first images whose values all lie in [0, 1].
+  """
   path = os.fspath(path)
-  with zipfile.ZipFile(path) as archive, _open_member(archive, path, key) as f:
-    header = _read_header(f)
-  if header is not None:
-    return tuple(header[0])
-  with np.load(path, allow_pickle=False) as npz:
-    return tuple(npz[key].shape)
+  shape, dtype = npz_array_header(path)
+  if len(shape) != 4 or shape[-1] != 3 or shape[0] == 0:
+    raise ValueError(f"{path}: arr_0 must be non-empty images [N, H, W, 3], got {shape}")
+  if dtype != np.uint8:
+    raise ValueError(
+      f"{path}: arr_0 has dtype {dtype}; images must be uint8 in [0, 255] (float images in"
+      " [0, 1]: multiply by 255, round and cast to uint8)"
+    )
+  first = next(iter_npz_batches(path, 256))
+  if first.max() <= 1:
+    raise ValueError(
+      f"{path}: the first {len(first)} images only hold values 0 and 1; images must be uint8 in"
+      " [0, 255] (were [0, 1] floats cast to uint8 without multiplying by 255?)"
+    )
+  return shape
 
 
 def compute_activations(
@@ -302,9 +351,7 @@ def compute_activations(
   read (default: the extractor's `batch_size`, else 256). An extractor with `dispatch`/`fetch`
   (`FeatureExtractor`) keeps one batch in flight and caps reads at its `batch_size`."""
   path = os.fspath(path)
-  shape = npz_array_shape(path)
-  if len(shape) != 4 or shape[-1] != 3 or shape[0] == 0:
-    raise ValueError(f"{path}: arr_0 must be non-empty images [N, H, W, 3], got {shape}")
+  shape = check_images(path)
   batch_size = batch_size or getattr(extractor, "batch_size", 256)
   pipelined = hasattr(extractor, "dispatch") and hasattr(extractor, "fetch")
   if pipelined:
@@ -332,7 +379,7 @@ def compute_activations(
 def _reference_stats(path: str, suffix: str) -> tuple[np.ndarray, np.ndarray] | None:
   """Precomputed (mu{suffix}, sigma{suffix}) of a reference `.npz` ("" for pool_3, "_s" for
   the spatial features), if it has them."""
-  with np.load(path, allow_pickle=False) as npz:
+  with named_npz_errors(path), np.load(path, allow_pickle=False) as npz:
     if f"mu{suffix}" in npz.files and f"sigma{suffix}" in npz.files:
       return npz[f"mu{suffix}"], npz[f"sigma{suffix}"]
   return None
@@ -357,6 +404,8 @@ def evaluate(
   for p in (sample_npz, ref_npz):
     if not os.path.isfile(p):
       raise FileNotFoundError(f"no such .npz file: {p}")
+  for p in (sample_npz, ref_npz):  # both before the first Inception pass
+    check_images(p)
   logging.info("reference activations: %s", ref_npz)
   ref = compute_activations(ref_npz, extractor, batch_size)
   logging.info("sample activations: %s", sample_npz)

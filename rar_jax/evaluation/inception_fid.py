@@ -23,7 +23,7 @@ def check_files(weights: str, reference: str) -> None:
 def reference_stats(path: str, extractor: inception.FeatureExtractor) -> tuple[np.ndarray, ...]:
   """(mu [D], sigma [D, D]) of the reference; ValueError naming the file when D is not the
   Inception pool size."""
-  with np.load(path, allow_pickle=False) as npz:
+  with fid.named_npz_errors(path), np.load(path, allow_pickle=False) as npz:
     stats = (npz["mu"], npz["sigma"]) if {"mu", "sigma"} <= set(npz.files) else None
   if stats is None:
     stats = fid.activation_stats(fid.compute_activations(path, extractor).pool)
@@ -42,7 +42,8 @@ class InceptionFID:
 
   def __init__(self, weights: str, reference: str, batch_size: int = 256):
     check_files(weights, reference)
-    with np.load(reference, allow_pickle=False) as npz:  # the cheap check before the network
+    # The cheap check before the network.
+    with fid.named_npz_errors(reference), np.load(reference, allow_pickle=False) as npz:
       if {"mu", "sigma"} <= set(npz.files):
         reference_stats_shape = npz["mu"].shape
         if reference_stats_shape != (inception.POOL_DIM,):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import ml_dtypes
 import numpy as np
 
 from rar_jax import torch_io
@@ -178,14 +179,33 @@ def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
   return tree
 
 
+def check_values(key: str, value: Any) -> np.ndarray:
+  """The weight `key` as float32, refusing non-float dtypes and NaN or infinite values.
+
+  Raises:
+    ValueError: naming the key and its dtype, or how many of its values are not finite.
+  """
+  array = np.asarray(value)
+  if array.dtype.kind != "f" and array.dtype != ml_dtypes.bfloat16:
+    raise ValueError(f"official RAR state dict key {key!r} has dtype {array.dtype}, not a float")
+  array = array.astype(np.float32)
+  bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+  if bad:
+    raise ValueError(
+      f"official RAR state dict key {key!r} has {bad} of {array.size} values NaN or infinite"
+    )
+  return array
+
+
 def from_official(state: Mapping[str, Any], cfg: ModelConfig) -> Params:
   """Official state dict (name -> array-like) -> parameter tree of float32 numpy arrays.
 
   Raises:
-    ValueError: a missing, unexpected or mis-shaped key, naming the key and both shapes.
+    ValueError: a missing, unexpected or mis-shaped key, naming the key and both shapes; an
+      integer (or other non-float) tensor, or NaN / infinite values, naming the key.
   """
   torch_io.check_state_dict(state, official_shapes(cfg), "official RAR state dict")
-  as_f32 = lambda key: np.asarray(state[key], dtype=np.float32)
+  as_f32 = lambda key: check_values(key, state[key])
   params: Params = {}
   for key, rule in _top_rules(cfg).items():
     _set(params, rule.path, rule.to_ours(as_f32(key)))

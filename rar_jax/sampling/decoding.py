@@ -35,6 +35,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from rar_jax import sharding
@@ -76,9 +77,13 @@ class SamplingConfig:
   speculative_window: int = 0
 
   def __post_init__(self):
-    if self.temperature <= 0:
+    if not self.guidance_scale >= 0:  # also NaN
+      raise ValueError(
+        f"sampling.guidance_scale must be >= 0 (0 is off), got {self.guidance_scale!r}"
+      )
+    if not self.temperature > 0:
       raise ValueError(f"sampling.temperature must be > 0, got {self.temperature!r}")
-    if self.guidance_power < 0:
+    if not self.guidance_power >= 0:
       raise ValueError(f"sampling.guidance_power must be >= 0, got {self.guidance_power!r}")
     if self.top_k < 0:
       raise ValueError(f"sampling.top_k must be >= 0 (0 is off), got {self.top_k!r}")
@@ -263,7 +268,26 @@ def _segment_ends(num_steps: int, segments: int = 4) -> list[int]:
   return sorted({round(num_steps * (i + 1) / segments) for i in range(segments)} - {0})
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def check_class_ids(cfg: ModelConfig, class_ids: Any) -> None:
+  """ValueError naming the first class id outside [0, num_classes) (the null class included).
+
+  Traced ids (inside a caller's jit) and ids spread over other hosts cannot be read here and
+  are not checked.
+  """
+  if isinstance(class_ids, jax.core.Tracer):
+    return
+  if isinstance(class_ids, jax.Array) and not class_ids.is_fully_addressable:
+    return
+  ids = np.asarray(class_ids)
+  if ids.dtype.kind not in "iu":
+    raise ValueError(f"class_ids must be integers, got dtype {ids.dtype}")
+  bad = np.flatnonzero((ids < 0) | (ids >= cfg.num_classes))
+  if bad.size:
+    raise ValueError(
+      f"class id {int(ids.flat[bad[0]])} (at index {int(bad[0])}) is outside [0, {cfg.num_classes})"
+    )
+
+
 def generate_counted(
   cfg: ModelConfig,
   params: Params,
@@ -274,6 +298,20 @@ def generate_counted(
 ) -> tuple[Array, Array]:
   """`generate`, also returning the model calls it made for the batch (a scalar int32: L for
   the plain sampler, fewer with a speculative window)."""
+  check_class_ids(cfg, class_ids)
+  return _generate_counted(cfg, params, class_ids, key, sampling, orders)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def _generate_counted(
+  cfg: ModelConfig,
+  params: Params,
+  class_ids: Array,
+  key: Array,
+  sampling: SamplingConfig,
+  orders: Array | None = None,
+) -> tuple[Array, Array]:
+  """The jitted `generate_counted` (class ids unchecked)."""
   if sampling.speculative_window:
     feed = feeder(cfg, sampling, params, class_ids, orders)
     logits_of = functools.partial(step_logits, sampling, num_steps=cfg.seq_len)
@@ -287,7 +325,6 @@ def generate_counted(
   return randomization.permute(step_tokens, jnp.argsort(orders, axis=1)), calls  # a gather
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
 def generate(
   cfg: ModelConfig,
   params: Params,
@@ -310,11 +347,13 @@ def generate(
 
   Returns:
     [B, L] int32 tokens in raster layout: tokens[b, orders[b, i]] = the token of step i.
+
+  Raises:
+    ValueError: a class id outside [0, num_classes) (`check_class_ids`).
   """
   return generate_counted(cfg, params, class_ids, key, sampling, orders)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
 def score(
   cfg: ModelConfig,
   params: Params,
@@ -331,7 +370,24 @@ def score(
   Returns:
     [B, L, V] float32: logits[:, i] is what `generate` would draw step i's token from (after
     guidance, temperature and filters) given the tokens of steps < i.
+
+  Raises:
+    ValueError: a class id outside [0, num_classes) (`check_class_ids`).
   """
+  check_class_ids(cfg, class_ids)
+  return _score(cfg, params, tokens, class_ids, sampling, orders)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def _score(
+  cfg: ModelConfig,
+  params: Params,
+  tokens: Array,
+  class_ids: Array,
+  sampling: SamplingConfig,
+  orders: Array | None = None,
+) -> Array:
+  """The jitted `score` (class ids unchecked)."""
   b = tokens.shape[0]
   orders = rar.raster_orders(cfg, b) if orders is None else orders
   forced = jnp.take_along_axis(jnp.asarray(tokens, jnp.int32), orders, axis=1)  # step order
@@ -342,15 +398,33 @@ def make_sampler(cfg: ModelConfig, sampling: SamplingConfig) -> Sampler:
   """A jitted fn(params, class_ids, key, orders=None) -> tokens [B, L] for fixed configs.
 
   It compiles once per input shape/sharding (and once more for orders=None vs given); new
-  params, keys, classes or orders of the same shapes reuse that compile.
+  params, keys, classes or orders of the same shapes reuse that compile. Concrete class ids
+  are checked first (`check_class_ids`); `.lower` and the rest are the jitted function's.
   """
   if sampling.speculative_window:
     speculative.check_window(sampling.speculative_window, cfg.seq_len)
 
   def sample(params: Params, class_ids: Array, key: Array, orders: Array | None = None) -> Array:
-    return generate(cfg, params, class_ids, key, sampling, orders)
+    return _generate_counted(cfg, params, class_ids, key, sampling, orders)[0]
 
-  return jax.jit(sample)
+  return _CheckedSampler(cfg, jax.jit(sample))
+
+
+class _CheckedSampler:
+  """A jitted sampler that checks concrete class ids first; every other attribute (`lower`,
+  `_cache_size`, ...) is the jitted function's."""
+
+  def __init__(self, cfg: ModelConfig, jitted: Sampler):
+    self._cfg, self._jitted = cfg, jitted
+
+  def __call__(
+    self, params: Params, class_ids: Array, key: Array, orders: Array | None = None
+  ) -> Array:
+    check_class_ids(self._cfg, class_ids)
+    return self._jitted(params, class_ids, key, orders)
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._jitted, name)
 
 
 def sample_on_mesh(

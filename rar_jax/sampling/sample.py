@@ -10,12 +10,27 @@ then renamed). A rerun skips every chunk whose files all exist, so an interrupte
 the output directory must be shared by the hosts (gs:// or NFS). When every chunk is there,
 process 0 writes `samples.npz` (`arr_0` uint8 [N, H, W, 3], `labels` [N]) and `grid.png`.
 Sample i has class (i * C) // N: contiguous classes, 50 each for N = 50,000 and C = 1000.
+
+`sample_set.json`, written before the first chunk, records what made the set: the export (its
+path and a fingerprint of its export.json and params files), the tokenizer, the seed, the
+sampling config, N, the chunk size, the host count and the class schedule. A rerun whose
+settings differ in any of these is refused, naming the first differing field (chunks of two
+settings never mix); `--overwrite` deletes the set's chunks, samples.npz and grid.png (only
+files this command writes) and samples anew.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
+import json
+import os
+import re
 import time
+import zipfile
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -37,6 +52,11 @@ from rar_jax.sampling import decoding, export, images
 
 SAMPLES_FILE = "samples.npz"
 GRID_FILE = "grid.png"
+MANIFEST_FILE = "sample_set.json"
+MANIFEST_VERSION = 1
+_CHUNK_NAME = re.compile(r"\d{6}-p\d{3}\.npz")  # and their atomic_files temporaries:
+_CHUNK_TEMP = re.compile(r"\.\d{6}-p\d{3}\.npz\.[0-9a-f]{32}\.tmp")
+_HASHED_FILE_BYTES = 1 << 16  # export files up to this size are hashed whole, larger by size
 
 
 def class_schedule(num_samples: int, num_classes: int) -> np.ndarray:
@@ -46,6 +66,131 @@ def class_schedule(num_samples: int, num_classes: int) -> np.ndarray:
 
 def _chunk_path(out: epath.Path, chunk: int, host: int) -> epath.Path:
   return out / "chunks" / f"{chunk:06d}-p{host:03d}.npz"
+
+
+def _files_under(folder: epath.Path) -> list[epath.Path]:
+  """Every file below folder (epath has no recursive glob on gs://)."""
+  files = []
+  for path in folder.iterdir():
+    files += _files_under(path) if path.is_dir() else [path]
+  return files
+
+
+def export_fingerprint(export_dir: str) -> str:
+  """sha256 over the export's export.json and its params files: every file's name and size,
+  and the bytes of the small ones (Orbax's metadata, with its save time)."""
+  root = epath.Path(export_dir)
+  digest = hashlib.sha256((root / export.EXPORT_FILE).read_bytes())
+  for path in sorted(_files_under(root / "params"), key=str):
+    size = path.stat().length
+    digest.update(f"{path.relative_to(root)}\0{size}\0".encode())
+    if size <= _HASHED_FILE_BYTES:
+      digest.update(path.read_bytes())
+  return digest.hexdigest()
+
+
+def manifest(
+  exp: export.Export,
+  num_samples: int,
+  batch_size: int,
+  seed: int,
+  settings: decoding.SamplingConfig,
+  export_dir: str | None = None,
+  tokenizer_config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+  """What makes a sample set (`sample_set.json`), as JSON-ready values in comparison order."""
+  classes = class_schedule(num_samples, exp.model.num_classes)
+  if export_dir is not None and "://" not in export_dir:
+    export_dir = os.path.abspath(export_dir)
+  fields = {
+    "version": MANIFEST_VERSION,
+    "export": export_dir,
+    "export_fingerprint": None if export_dir is None else export_fingerprint(export_dir),
+    "model": dataclasses.asdict(exp.model),
+    "tokenizer": dict(tokenizer_config or exp.tokenizer),
+    "image_size": exp.image_size,
+    "num_samples": num_samples,
+    "batch_size": batch_size,
+    "processes": jax.process_count(),
+    "seed": seed,
+    "sampling": dataclasses.asdict(settings),
+    "class_schedule": {
+      "rule": "class of sample i = (i * num_classes) // num_samples",
+      "num_classes": exp.model.num_classes,
+      "sha256": hashlib.sha256(classes.tobytes()).hexdigest(),
+    },
+  }
+  return json.loads(json.dumps(fields, default=str))  # as read back: lists, not tuples
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+  """'field: old value vs new value' of the first field where two manifests differ, or None."""
+  a, b = _flatten(old), _flatten(new)
+  for key in [*b, *(k for k in a if k not in b)]:
+    if a.get(key, "(absent)") != b.get(key, "(absent)"):
+      return f"{key}={a.get(key, '(absent)')!r} there, {key}={b.get(key, '(absent)')!r} now"
+  return None
+
+
+def _sampler_files(out: epath.Path) -> list[epath.Path]:
+  """The files this command wrote into out: chunks (and temporaries), samples, grid, manifest."""
+  found = [out / name for name in (SAMPLES_FILE, GRID_FILE, MANIFEST_FILE)]
+  if (out / "chunks").exists():
+    chunks = (out / "chunks").iterdir()
+    found += [p for p in chunks if _CHUNK_NAME.fullmatch(p.name) or _CHUNK_TEMP.fullmatch(p.name)]
+  return [p for p in found if p.exists()]
+
+
+def check_output(out: epath.Path, wanted: Mapping[str, Any], overwrite: bool) -> None:
+  """Refuses to add to a sample set made with other settings (or of unknown origin).
+
+  Raises:
+    FileExistsError: naming out, the first differing field with both values, and --overwrite.
+  """
+  if overwrite:
+    return
+  path = out / MANIFEST_FILE
+  if path.exists():
+    try:
+      recorded = json.loads(path.read_text())
+    except ValueError as e:
+      raise FileExistsError(f"{path} is unreadable ({e}); pass --overwrite to start over") from e
+    difference = first_difference(recorded, wanted)
+    if difference:
+      raise FileExistsError(
+        f"{out} holds a sample set made with other settings ({difference}); pass --overwrite to"
+        " delete it and sample anew, or choose another --output"
+      )
+  elif _sampler_files(out):
+    raise FileExistsError(
+      f"{out} holds samples but no {MANIFEST_FILE} (made by an older version?): their settings"
+      " are unknown; pass --overwrite to delete them and sample anew, or choose another --output"
+    )
+
+
+def start_output(out: epath.Path, wanted: Mapping[str, Any], overwrite: bool) -> None:
+  """Process 0: with overwrite, deletes the old set's files; then records `wanted`."""
+  if overwrite:
+    old = _sampler_files(out)
+    for path in old:
+      path.unlink()
+    if old:
+      console.info("--overwrite: deleted %d files of the previous sample set in %s", len(old), out)
+  (out / "chunks").mkdir(parents=True, exist_ok=True)
+  text = json.dumps(wanted, indent=2)
+  path = out / MANIFEST_FILE
+  if not path.exists() or path.read_text() != text:
+    atomic_files.write_text(path, text)
 
 
 def _write_npz(path: epath.Path, **arrays: np.ndarray) -> None:
@@ -62,15 +207,31 @@ def generate(
   batch_size: int,
   seed: int,
   settings: decoding.SamplingConfig,
+  *,
+  export_dir: str | None = None,
+  tokenizer_config: Mapping[str, Any] | None = None,
+  overwrite: bool = False,
 ) -> None:
-  """Samples every missing chunk into out/chunks (see the module docstring)."""
+  """Samples every missing chunk into out/chunks (see the module docstring).
+
+  export_dir and tokenizer_config identify the export and the decoder in the manifest;
+  overwrite deletes a previous set in out first instead of refusing one made otherwise.
+
+  Raises:
+    FileExistsError: out holds a set made with other settings (without overwrite).
+  """
   mesh = sharding.make_mesh()
   if batch_size % sharding.data_parallel_size(mesh):
     raise ValueError(f"--batch_size={batch_size} is not divisible by {jax.device_count()} devices")
   host, hosts = jax.process_index(), jax.process_count()
   classes = class_schedule(num_samples, exp.model.num_classes)
   num_chunks = -(-num_samples // batch_size)
-  (out / "chunks").mkdir(parents=True, exist_ok=True)
+  wanted = manifest(exp, num_samples, batch_size, seed, settings, export_dir, tokenizer_config)
+  check_output(out, wanted, overwrite)  # every host: each raises the same error
+  multihost_utils.sync_global_devices("rar_jax.sampling.sample: output checked")
+  if host == 0:
+    start_output(out, wanted, overwrite)
+  multihost_utils.sync_global_devices("rar_jax.sampling.sample: output started")
   done = np.array(
     [all(_chunk_path(out, c, h).exists() for h in range(hosts)) for c in range(num_chunks)]
   )
@@ -97,7 +258,11 @@ def assemble(out: epath.Path, num_samples: int, num_classes: int, batch_size: in
   pictures = None
   for c in range(num_chunks):
     for h in range(jax.process_count()):
-      part = np.load(io.BytesIO(_chunk_path(out, c, h).read_bytes()))
+      path = _chunk_path(out, c, h)
+      try:
+        part = np.load(io.BytesIO(path.read_bytes()))
+      except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise ValueError(f"{path}: corrupt chunk ({e}); delete it and rerun to resample it") from e
       if pictures is None:
         pictures = np.zeros((num_samples, *part["images"].shape[1:]), np.uint8)
       pictures[part["index"]] = part["images"]
@@ -125,6 +290,9 @@ def cli() -> None:
   window = flags.DEFINE_integer(
     "speculative_window", 0, "Speculative Jacobi window (0: the plain sampler; same samples law)."
   )
+  overwrite = flags.DEFINE_bool(
+    "overwrite", False, "Delete a sample set made with other settings in --output, then sample."
+  )
   flags.mark_flags_as_required(["export", "output"])
   flags.register_validator("num_samples", lambda v: v > 0, "--num_samples must be positive")
   flags.register_validator("batch_size", lambda v: v > 0, "--batch_size must be positive")
@@ -148,7 +316,12 @@ def cli() -> None:
     tokenizer = tokenizers.build(tok_cfg, exp.image_size)
     out = epath.Path(output.value)
     start = time.perf_counter()
-    generate(exp, tokenizer, out, num_samples.value, batch_size.value, seed.value, settings)
+    generate(
+      *(exp, tokenizer, out, num_samples.value, batch_size.value, seed.value, settings),
+      export_dir=export_dir.value,
+      tokenizer_config=tok_cfg,
+      overwrite=overwrite.value,
+    )
     multihost_utils.sync_global_devices("rar_jax.sampling.sample: chunks written")
     if jax.process_index() == 0:
       assemble(out, num_samples.value, exp.model.num_classes, batch_size.value)

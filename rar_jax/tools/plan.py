@@ -34,7 +34,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from rar_jax import atomic_files, sharding
+from rar_jax import atomic_files, entry_points, sharding
 from rar_jax.model.presets import ModelConfig
 from rar_jax.tools import tpu_compiler
 from rar_jax.tools.chips import CHIPS, GIB, Chip, chip_by_name, parse_topology
@@ -580,7 +580,7 @@ def cli() -> None:
   count = _requested_devices(sys.argv[1:])
   if count:
     _simulate_host_devices(count)
-  sys.exit(main())
+  sys.exit(entry_points.call(main))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from rar_jax import entry_points
 from rar_jax.tools import sweep_results, sweeps
 
 
@@ -72,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli() -> None:
-  """Console-script entry point (`rar-sweep`)."""
-  sys.exit(main())
+  """Console-script entry point (`rar-sweep`); user errors print one line."""
+  sys.exit(entry_points.call(main))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ warmup + cosine learning-rate schedule (docs/official_code.md, optimizer)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +59,34 @@ def learning_rate_schedule(
     return jnp.where(step < warmup_steps, warm, cosine)
 
   return schedule
+
+
+# Each optim key and the test its value must pass, with the range in words.
+_RANGES = {
+  "lr": (lambda v: v > 0, "> 0"),
+  "end_lr": (lambda v: v >= 0, ">= 0"),
+  "warmup_steps": (lambda v: v >= 0 and float(v).is_integer(), "an integer >= 0"),
+  "b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+  "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+  "eps": (lambda v: v > 0, "> 0"),
+  "weight_decay": (lambda v: v >= 0, ">= 0"),
+  "grad_clip_norm": (lambda v: v > 0, "> 0"),
+}
+
+
+def validate(optim_cfg: Mapping[str, Any]) -> None:
+  """Checks the `optim` group's values (`make_optimizer`'s keys).
+
+  Raises:
+    ValueError: naming the first missing, non-numeric or out-of-range key and its value.
+  """
+  for key, (ok, wanted) in _RANGES.items():
+    if key not in optim_cfg:
+      raise ValueError(f"optim.{key} is missing")
+    value = optim_cfg[key]
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if not numeric or not math.isfinite(value) or not ok(value):
+      raise ValueError(f"optim.{key} must be {wanted}, got {value!r}")
 
 
 def make_optimizer(

@@ -57,8 +57,8 @@ def anneal_steps(cfg: Mapping[str, Any], total_steps: int) -> tuple[int, int]:
   Each end is `anneal_<end>_steps` when that is set, else `anneal_<end>_fraction` x total.
 
   Raises:
-    ValueError: naming the key when neither form is set or a fraction is outside [0, 1], or
-      when the end comes before the start.
+    ValueError: naming the key when neither form is set, a fraction is outside [0, 1] or a
+      step count is negative, or when the end comes before the start.
   """
   bounds = []
   for name in ("anneal_start", "anneal_end"):
@@ -67,11 +67,20 @@ def anneal_steps(cfg: Mapping[str, Any], total_steps: int) -> tuple[int, int]:
       raise ValueError(f"set randomness.{name}_fraction (or randomness.{name}_steps)")
     if steps is None and not 0.0 <= fraction <= 1.0:
       raise ValueError(f"randomness.{name}_fraction must be in [0, 1], got {fraction!r}")
+    if steps is not None and steps < 0:
+      raise ValueError(f"randomness.{name}_steps must be >= 0, got {steps!r}")
     bounds.append(int(steps) if steps is not None else round(fraction * total_steps))
   start, end = bounds
   if end < start:
     raise ValueError(f"randomness anneal end ({end} steps) is before its start ({start} steps)")
   return start, end
+
+
+def check_label_dropout(drop_prob: float) -> None:
+  """ValueError naming `randomness.label_dropout` unless it is a probability in [0, 1)."""
+  numeric = isinstance(drop_prob, int | float) and not isinstance(drop_prob, bool)
+  if not numeric or not 0.0 <= drop_prob < 1.0:
+    raise ValueError(f"randomness.label_dropout must be in [0, 1), got {drop_prob!r}")
 
 
 def drop_labels(key: Array, class_ids: Array, drop_prob: float, null_class: int) -> Array:

@@ -19,6 +19,7 @@ from rar_jax import console, sharding
 from rar_jax.data import datasets, holdout, pipeline
 from rar_jax.model import numerics, presets
 from rar_jax.model.presets import ModelConfig
+from rar_jax.sampling import decoding
 from rar_jax.training import (
   checkpointing,
   eval_step,
@@ -60,6 +61,9 @@ def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
   if config.eval.grid_every < 0:
     raise ValueError(f"eval.grid_every must be >= 0 (0 = off), got {config.eval.grid_every}")
   anneal = randomization.anneal_steps(config.randomness, total)
+  randomization.check_label_dropout(config.randomness.label_dropout)
+  optim.validate(config.optim)
+  decoding.SamplingConfig.from_group(config.sampling)  # raises on a bad sampling value
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.dcn_data, devices)
   model_cfg = numerics.for_platform(model_cfg, mesh.devices.flat[0].platform)  # "auto" switches
   if jax.process_count() > 1 and mesh.shape["tensor"] > jax.local_device_count():
