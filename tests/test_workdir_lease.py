@@ -86,6 +86,7 @@ def test_local_lease_names_its_holder_and_dies_with_it(tmp_path):
   assert not (tmp_path / workdir_lease.LEASE_FILE).exists()
 
 
+@pytest.mark.slow
 def test_object_lease_heartbeats_and_expires_after_a_crash(tmp_path):
   ttl = 2.0
   holder = _start(HOLDER, str(tmp_path), "object", str(ttl))
@@ -129,6 +130,7 @@ def test_job_lease_is_released_when_the_job_fails(tmp_path):
   workdir_lease.WorkdirLease(tmp_path).acquire().release()
 
 
+@pytest.mark.slow
 def test_sample_job_refuses_an_output_folder_in_use(tmp_path):
   holder = _start(HOLDER, str(tmp_path), "local", "60")
   try:
