@@ -10,12 +10,18 @@ Any config key can be overridden with --config.<key>=<value>.
 from absl import app, flags
 from ml_collections import config_flags
 
-from rar_jax import console, distributed, entry_points, host_memory
+from rar_jax import console, distributed, entry_points, host_memory, workdir_lease
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file and argument, e.g. configs/imagenet.py:L.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs (local path or gs://).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+  "allow_config_change",
+  False,
+  "Resume a workdir with changed non-model config keys (e.g. optim.lr, train.steps); a "
+  "changed model key is refused either way.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,9 +31,12 @@ def main(argv: list[str]) -> None:
   console.setup()  # third-party INFO logging off unless --verbosity
   host_memory.retain_freed_memory()  # before JAX starts its threads
   distributed.initialize()  # before anything below queries devices
-  from rar_jax.training import train  # noqa: PLC0415
+  from rar_jax.training import resume_config, train  # noqa: PLC0415
 
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
+  except (workdir_lease.LeaseHeldError, resume_config.ConfigChangeError) as err:
+    raise SystemExit(f"error: {err}") from None  # one line, no traceback
 
 
 def cli() -> None:

@@ -47,6 +47,7 @@ from rar_jax import (
   host_memory,
   sharding,
   tokenizers,
+  workdir_lease,
 )
 from rar_jax.sampling import decoding, export, images
 
@@ -302,6 +303,7 @@ def cli() -> None:
     host_memory.retain_freed_memory()  # before JAX starts its threads
     del argv
     distributed.initialize()
+    workdir_lease.hold_for_process(output.value, "sampling")  # until exit: no other writer
     exp = export.load(export_dir.value)
     settings = decoding.SamplingConfig.from_group(
       exp.sampling,

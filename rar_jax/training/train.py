@@ -15,7 +15,7 @@ import ml_collections
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from rar_jax import console, sharding
+from rar_jax import console, sharding, workdir_lease
 from rar_jax.data import datasets, holdout, pipeline
 from rar_jax.model import numerics, presets
 from rar_jax.model.presets import ModelConfig
@@ -29,6 +29,7 @@ from rar_jax.training import (
   profiling,
   progress_line,
   randomization,
+  resume_config,
   sample_eval,
   train_state,
   train_step,
@@ -83,10 +84,14 @@ def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
 
 class PreemptionGuard:
   """SIGTERM (TPU maintenance, spot VMs) asks the loop to checkpoint and exit cleanly. With
-  several processes, Orbax's preemption sync point makes every host stop at the same step."""
+  several processes, Orbax's preemption sync point makes every host stop at the same step.
 
-  def __init__(self):
+  Installed before anything compiles (a SIGTERM then stops the job before its first step, see
+  `_stop_before_training`); a lost workdir lease also stops the job, with LeaseLostError."""
+
+  def __init__(self, lease: workdir_lease.WorkdirLease | None = None):
     self.requested = False
+    self._lease = lease
     # With several processes, JAX's own preemption notifier holds SIGTERM; keep it.
     self._previous = None
     if jax.process_count() == 1:
@@ -99,6 +104,8 @@ class PreemptionGuard:
 
   def should_stop(self, step: int, manager: Any) -> bool:
     """Whether to checkpoint now and stop (every process agrees on the step)."""
+    if self._lease is not None:
+      self._lease.check()
     if jax.process_count() > 1:
       return manager.reached_preemption(step)
     return self.requested
@@ -107,6 +114,13 @@ class PreemptionGuard:
     """Restores the previous SIGTERM handler."""
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def __enter__(self) -> PreemptionGuard:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
 
 def _compile_step(
@@ -148,8 +162,50 @@ def _restore_or_init(
   return manager, abstract, state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
-  """Trains (or resumes) the model described by config, writing everything under workdir."""
+def _stop_before_training(
+  guard: PreemptionGuard, manager: Any, step: int, state: Any, data_iter: Any
+) -> bool:
+  """After a SIGTERM that came before the first step: checkpoints the (restored or fresh) state
+  unless that step is saved already, logs the note and returns True (the job then ends).
+
+  Single process only: with several, JAX's preemption notifier holds SIGTERM and the hosts agree
+  on a stop step inside the loop."""
+  if not guard.requested:
+    return False
+  if step in manager.all_steps():
+    logging.warning("Stopped at step %d after SIGTERM; its checkpoint exists already", step)
+    return True
+  checkpointing.save(manager, step, state, data_iter, force=True)
+  manager.wait_until_finished()
+  logging.warning("Stopped at step %d after SIGTERM; checkpoint written", step)
+  return True
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+) -> train_state.TrainState:
+  """Trains (or resumes) the model described by config, writing everything under workdir.
+
+  The job holds the workdir's lease throughout (a second job on it fails at once, naming this
+  one), and refuses a resume whose config differs from the checkpoints' (`resume_config`;
+  allow_config_change accepts changed non-model keys).
+
+  Raises:
+    workdir_lease.LeaseHeldError: another job uses workdir.
+    resume_config.ConfigChangeError: the config differs from the one in <workdir>/config.json.
+  """
+  with (
+    workdir_lease.hold(workdir, "training") as lease,
+    PreemptionGuard(lease) as guard,
+  ):
+    resume_config.check(workdir, config, allow_config_change)
+    return _train(config, workdir, guard)
+
+
+def _train(
+  config: ml_collections.ConfigDict, workdir: str, guard: PreemptionGuard
+) -> train_state.TrainState:
+  """train_and_evaluate, once the lease is held and the config checked."""
   plan = resolve(config)
   sample_eval.check_config(config.eval)
   rules = sharding.LOGICAL_RULES
@@ -167,10 +223,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       read_threads=config.data.read_threads,
     )
   )
-  checkpointing.write_workdir_config(workdir, config)
   optimizer = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
   manager, abstract, state = _restore_or_init(config, workdir, plan, optimizer[0], rules, data_iter)
+  checkpointing.write_workdir_config(workdir, config)  # once the state exists
   step = int(state.step)
+  if _stop_before_training(guard, manager, step, state, data_iter):
+    return state
   console.info(
     "Training to step %d from step %d: global batch %d on mesh %s, workdir %s",
     plan.total_steps,
@@ -185,6 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     heldout = eval_step.HeldOutEval(
       data_dir, plan.model, plan.mesh, abstract.params, plan.global_batch, rules
     )
+  if _stop_before_training(guard, manager, step, state, data_iter):
+    return state
 
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0, asynchronous=True
@@ -201,7 +261,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   preview = previews.Previews(config, plan.model, plan.mesh)
   samples = sample_eval.SampleEval(config, scorer, preview) if scorer else None
   batch_sh = sharding.batch_sharding(plan.mesh)
-  guard = PreemptionGuard()
   try:
     while step < plan.total_steps:
       profiler.before_step(step)
@@ -234,7 +293,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         console.info("Sample accuracy at step %d: %.3f", step, result["accuracy"])
   finally:
     profiler.close()
-    guard.close()
     manager.wait_until_finished()
     writer.flush()
   return state
