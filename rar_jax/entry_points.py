@@ -25,6 +25,13 @@ from absl import app, flags
 
 TRACEBACK_ENV = "RAR_TRACEBACK"
 USER_ERROR_STATUS = 2
+
+
+class UserError(RuntimeError):
+  """A state of the user's files that only the user can resolve (a workdir in use, checkpoints
+  that cannot be restored or written): reported in one line like a bad value."""
+
+
 # Errors that describe the user's input; each names the bad key, value or file in one line.
 USER_ERRORS: tuple[type[BaseException], ...] = (
   ValueError,
@@ -35,6 +42,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
   NotADirectoryError,
   PermissionError,
   flags.Error,
+  UserError,
 )
 
 

@@ -10,7 +10,7 @@ Any config key can be overridden with --config.<key>=<value>.
 from absl import app, flags
 from ml_collections import config_flags
 
-from rar_jax import console, distributed, entry_points, host_memory, workdir_lease
+from rar_jax import console, distributed, entry_points, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file and argument, e.g. configs/imagenet.py:L.", lock_config=True
@@ -31,12 +31,9 @@ def main(argv: list[str]) -> None:
   console.setup()  # third-party INFO logging off unless --verbosity
   host_memory.retain_freed_memory()  # before JAX starts its threads
   distributed.initialize()  # before anything below queries devices
-  from rar_jax.training import resume_config, train  # noqa: PLC0415
+  from rar_jax.training import train  # noqa: PLC0415
 
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
-  except (workdir_lease.LeaseHeldError, resume_config.ConfigChangeError) as err:
-    raise SystemExit(f"error: {err}") from None  # one line, no traceback
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
 
 
 def cli() -> None:

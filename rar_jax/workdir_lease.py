@@ -37,18 +37,18 @@ from typing import Any
 from absl import logging
 from etils import epath
 
-from rar_jax import atomic_files
+from rar_jax import atomic_files, entry_points
 
 LOCK_FILE = ".lease.lock"  # local mode: the flock target
 LEASE_FILE = "lease.json"  # who holds the lease (object mode: the lease itself)
 MODES = ("auto", "local", "object")
 
 
-class LeaseHeldError(RuntimeError):
+class LeaseHeldError(entry_points.UserError):
   """Another process holds the lease (the message names its host, pid and start time)."""
 
 
-class LeaseLostError(RuntimeError):
+class LeaseLostError(entry_points.UserError):
   """An object-store lease was taken over by another process while this one held it."""
 
 
@@ -268,11 +268,8 @@ def hold_for_process(directory: str | os.PathLike, purpose: str, **kwargs: Any) 
   lock dies with the process; lease.json is removed at exit, or expires in object mode).
 
   Raises:
-    SystemExit: another process holds the lease; the one-line message names it.
+    LeaseHeldError: another process holds the lease (a one-line error in the commands).
   """
-  try:
-    lease = _take_for_job(directory, purpose, **kwargs)
-  except LeaseHeldError as err:
-    raise SystemExit(f"error: {err}") from None
+  lease = _take_for_job(directory, purpose, **kwargs)
   if lease is not None:
     atexit.register(lease.release)

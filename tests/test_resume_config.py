@@ -107,7 +107,7 @@ def test_resume_with_another_config_from_the_command_line(tmp_path):
   recorded = (workdir / "config.json").read_bytes()
 
   model = _train_cli(workdir, config_file, "--config.model.width=64")
-  assert model.returncode == 1
+  assert model.returncode == 2
   assert _last_line(model) == (
     f"error: {workdir} holds checkpoints of another model: model.width is 32 in "
     f"{workdir / 'config.json'} but 64 now; model keys cannot change on resume (use another "
@@ -117,7 +117,7 @@ def test_resume_with_another_config_from_the_command_line(tmp_path):
   assert (workdir / "config.json").read_bytes() == recorded
 
   lr = _train_cli(workdir, config_file, "--config.optim.lr=5e-4")
-  assert lr.returncode == 1
+  assert lr.returncode == 2
   assert "optim.lr is 0.0004" in _last_line(lr) and "--allow_config_change" in _last_line(lr)
   assert (workdir / "config.json").read_bytes() == recorded
 

@@ -145,7 +145,7 @@ def test_sample_job_refuses_an_output_folder_in_use(tmp_path):
     )
   finally:
     _kill(holder)
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: {tmp_path} is in use by test holder on host "), proc.stderr
   assert f"pid {holder.pid}" in last and "Traceback" not in proc.stderr
@@ -182,7 +182,7 @@ def test_second_training_job_on_a_workdir_is_refused_at_once(tmp_path):
     assert _snapshot(workdir) == before
   finally:
     _kill(first)
-  assert second.returncode == 1, second.stderr[-3000:]
+  assert second.returncode == 2, second.stderr[-3000:]
   last = second.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: {workdir} is in use by training on host "), second.stderr
   assert f"pid {first.pid}, since " in last and "Traceback" not in second.stderr

@@ -95,7 +95,8 @@ def params_from_workdir(workdir: str, step: int | None, cfg: ModelConfig, mesh: 
 
   Raises:
     FileNotFoundError: the workdir has no checkpoint, or none at `step`.
-    RuntimeError: no candidate restores; names the checkpoint(s) and the steps for --step.
+    checkpointing.NoUsableCheckpointError: no candidate restores; names the checkpoint(s)
+      and the steps for --step.
   """
   manager = checkpointing.make_manager(
     workdir, {"every_steps": 1, "keep": 1, "keep_every": 0}, read_only=True
@@ -128,7 +129,7 @@ def params_from_workdir(workdir: str, step: int | None, cfg: ModelConfig, mesh: 
   if found is None:
     noun = "checkpoint" if len(candidates) == 1 else "checkpoints"
     tried = ", ".join(os.fspath(manager.directory / str(s)) for s in candidates)
-    raise RuntimeError(
+    raise checkpointing.NoUsableCheckpointError(
       f"{noun} {tried} could not be restored (see the warnings above); pass --step=N "
       f"with another step (available: {available})"
     )

@@ -30,7 +30,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from rar_jax import atomic_files, console
+from rar_jax import atomic_files, console, entry_points
 from rar_jax.training import checkpoint_integrity
 from rar_jax.training.train_state import TrainState
 
@@ -58,7 +58,11 @@ def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-class CheckpointSaveError(RuntimeError):
+class NoUsableCheckpointError(entry_points.UserError):
+  """Checkpoints exist but none verifies and restores (names them and what to do)."""
+
+
+class CheckpointSaveError(entry_points.UserError):
   """A checkpoint could not be written (names the path and the cause)."""
 
 
@@ -264,8 +268,8 @@ def restore_latest(
     The restored state, or None when the workdir has no checkpoint (a fresh run).
 
   Raises:
-    RuntimeError: checkpoints exist but none restores (e.g. the model config or the number of
-      processes changed): starting over would overwrite them, so the job stops instead.
+    NoUsableCheckpointError: checkpoints exist but none restores (e.g. the model config or
+      the number of processes changed): starting over would overwrite them, so the job stops.
   """
   steps = sorted(manager.all_steps(), reverse=True)
 
@@ -286,7 +290,7 @@ def restore_latest(
     console.info("Restored checkpoint at step %d from %s", step, manager.directory)
     return state
   if steps:
-    raise RuntimeError(
+    raise NoUsableCheckpointError(
       f"none of the checkpoints {steps} in {manager.directory} could be restored (see the "
       "warnings above); fix the config or move them away to start afresh"
     )
