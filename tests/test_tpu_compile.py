@@ -166,3 +166,15 @@ def test_mesh_that_does_not_fit_is_named():
     _mesh("v5p:2x2x1", (2, 4, 1))
   with pytest.raises(ValueError, match="libtpu rejects TPU topology 'v5p:3x3x3'"):
     tpu_compiler.devices(chips.chip_by_name("v5p"), (3, 3, 3))
+
+
+def test_bench_compile_only_counts_every_sampler_step():
+  """`bench --compile_only` for the sampler: the compiler's FLOPs of the whole sample call
+  (each segment's token loop scaled by its trip count) match the analytic count."""
+  from rar_jax.tools import bench  # noqa: PLC0415
+
+  result = bench.bench_compile_only("sample", CFG, BATCH, "v5p:2x2x1", guidance=2.0)
+  compiled = result["extra"]["compiler_at_depth"]["flops"]
+  analytic = result["flops"] / 4  # per chip of the 4-chip slice, all on the data axis
+  assert 0.5 < compiled / analytic < 2.0, (compiled, analytic)
+  assert result["step_s"] > 0

@@ -98,7 +98,8 @@ def main(argv):
   from rar_jax.training import train
 
   pause_after_checkpoint(pause_at)
-  state = train.train_and_evaluate(tiny_config(data_dir, steps), workdir)
+  # Tests resume a run with more steps than it was started with (train.steps changes).
+  state = train.train_and_evaluate(tiny_config(data_dir, steps), workdir, allow_config_change=True)
   print(f"DONE {int(state.step)}", flush=True)
 
 

@@ -1,6 +1,6 @@
 """Jitted class-conditional sampling: a [cls, class] prefill into a KV cache, then `lax.scan`s
 over the L generation steps, one token per model call (in a few segments, each with a cache
-as long as its last position; `_segment_ends`). A speculative window (`speculative.py`)
+as long as its last position; `segment_ends`). A speculative window (`speculative.py`)
 samples the same distribution in fewer, wider calls.
 
 Each step takes the logits of the last fed position and applies, in the official order,
@@ -227,7 +227,7 @@ def _decode(
   seq_len = cfg.seq_len
   feed = feeder(cfg, sampling, params, class_ids, orders)
   rows, class_tok = feed.rows, feed.class_tok
-  ends = _segment_ends(seq_len - 1)
+  ends = segment_ends(seq_len - 1)
   cache = rar.init_cache(cfg, class_tok.shape[0], ends[0] + 2)
   prefix = jnp.stack([jnp.zeros_like(class_tok), class_tok], axis=1)  # [R, 2] = [cls, class]
   out, cache = feed.run(prefix, 0, cache)
@@ -262,7 +262,7 @@ def _decode(
   return tokens, jnp.concatenate([*logits, last_logits[None]]).transpose(1, 0, 2)
 
 
-def _segment_ends(num_steps: int, segments: int = 4) -> list[int]:
+def segment_ends(num_steps: int, segments: int = 4) -> list[int]:
   """Ends of the decode loop's segments: steps [0, e_0), [e_0, e_1), ... Each segment attends
   to a cache only as long as its last position, so early steps read less of it."""
   return sorted({round(num_steps * (i + 1) / segments) for i in range(segments)} - {0})

@@ -211,7 +211,9 @@ def bench_compile_only(
 ) -> dict:
   """The compiler's view of the program on a TPU slice (no run): per-device memory and cost of
   unrolled 1- and 2-layer programs, extrapolated to cfg.depth; step_s is the TPU compiler's
-  time estimate (cost_analysis "optimal_seconds"), an estimate and not a measurement."""
+  time estimate (cost_analysis "optimal_seconds"), an estimate and not a measurement. For the
+  sampler, the costs of a segment's token loop (counted once by the analysis) are multiplied by
+  its trip count: the whole sample call."""
   from rar_jax.tools import compiled_costs, tpu_compiler  # noqa: PLC0415
 
   chip, dims = tpu_compiler.parse_slice(topology)
@@ -226,6 +228,11 @@ def bench_compile_only(
     program = lambda c: compiled_costs.sample_program(c, mesh, batch, settings, dtype)  # noqa: E731
     flops = sample_flops(cfg, 2 * batch if settings.guided else batch)
   costs = compiled_costs.per_layer(program, cfg)
+  if mode == "sample":  # the cost analysis counts each segment's token loop body once
+    trips = (cfg.seq_len - 1) / len(decoding.segment_ends(cfg.seq_len - 1))
+    for part in ("per_layer", "at_depth"):
+      for key in {"flops", "bytes accessed", "optimal_seconds"} & costs[part].keys():
+        costs[part][key] *= trips
   at_depth = costs["at_depth"]
   if "optimal_seconds" not in at_depth:
     raise ValueError(f"the compiler for {topology} gives no time estimate (optimal_seconds)")

@@ -194,26 +194,32 @@ def train_and_evaluate(
     workdir_lease.LeaseHeldError: another job uses workdir.
     resume_config.ConfigChangeError: the config differs from the one in <workdir>/config.json.
   """
-  with (
-    workdir_lease.hold(workdir, "training") as lease,
-    PreemptionGuard(lease) as guard,
-  ):
-    resume_config.check(workdir, config, allow_config_change)
-    return _train(config, workdir, guard)
-
-
-def _train(
-  config: ml_collections.ConfigDict, workdir: str, guard: PreemptionGuard
-) -> train_state.TrainState:
-  """train_and_evaluate, once the lease is held and the config checked."""
-  plan = resolve(config)
+  plan = resolve(config)  # a bad config or data set is named before the workdir is touched
   sample_eval.check_config(config.eval)
-  rules = sharding.LOGICAL_RULES
   data_dir = datasets.prepare(config.data, plan.model)
   scores = sample_eval.enabled(config.eval)
   if config.eval.every_steps or (scores and config.eval.fid_features == "digits"):
     holdout.require_split(data_dir)
   scorer = sample_eval.build_scorer(config, data_dir) if scores else None
+  with (
+    workdir_lease.hold(workdir, "training") as lease,
+    PreemptionGuard(lease) as guard,
+  ):
+    resume_config.check(workdir, config, allow_config_change)
+    return _train(config, workdir, guard, plan, data_dir, scorer)
+
+
+def _train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  guard: PreemptionGuard,
+  plan: Plan,
+  data_dir: str,
+  scorer: Any,
+) -> train_state.TrainState:
+  """train_and_evaluate, once the config and data are checked, the lease is held and the
+  resume config is checked."""
+  rules = sharding.LOGICAL_RULES
   data_iter = iter(
     pipeline.make_dataset(
       data_dir,
