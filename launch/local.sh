@@ -32,7 +32,9 @@ case "$cmd" in
     "$py" -m ruff check .
     "$venv/bin/shellcheck" -x launch/*.sh .ci/run
     "$venv/bin/hadolint" Dockerfile
-    "$py" -m pytest -q "$@"
+    # Two workers, a test file each (its module fixtures built once): the tests spend much of
+    # their time in single-threaded XLA compiles and subprocesses, so two overlap well.
+    "$py" -m pytest -q -n 2 --dist loadfile "$@"
     ;;
   train)
     # On a machine with neither a TPU nor an NVIDIA GPU, JAX is told to use the CPU: otherwise

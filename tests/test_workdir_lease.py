@@ -162,6 +162,11 @@ def _snapshot(workdir: pathlib.Path) -> dict[str, tuple[int, int]]:
 @pytest.mark.slow
 def test_second_training_job_on_a_workdir_is_refused_at_once(tmp_path):
   data_dir = train_worker.write_random_dataset(str(tmp_path / "data"))
+  config_file = tmp_path / "tiny.py"  # the first job's config, valid for its data
+  config_file.write_text(
+    "from tests import train_worker\n\n\ndef get_config():\n"
+    f"  return train_worker.tiny_config({data_dir!r}, 1000)\n"
+  )
   workdir = tmp_path / "run"
   first = _start(TRAINER, str(workdir), data_dir)
   try:
@@ -170,8 +175,8 @@ def test_second_training_job_on_a_workdir_is_refused_at_once(tmp_path):
     config_json = (workdir / "config.json").read_bytes()
     start = time.monotonic()
     second = subprocess.run(
-      [sys.executable, "-m", "rar_jax.main", "--config=configs/digits.py"]
-      + [f"--workdir={workdir}", "--config.optim.lr=5e-4", f"--config.data.dir={data_dir}"],
+      [sys.executable, "-m", "rar_jax.main", f"--config={config_file}"]
+      + [f"--workdir={workdir}", "--config.optim.lr=5e-4"],
       cwd=ROOT,
       capture_output=True,
       text=True,

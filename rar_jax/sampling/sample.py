@@ -50,6 +50,7 @@ from rar_jax import (
   workdir_lease,
 )
 from rar_jax.sampling import decoding, export, images
+from rar_jax.training import resume_config
 
 SAMPLES_FILE = "samples.npz"
 GRID_FILE = "grid.png"
@@ -124,19 +125,9 @@ def manifest(
   return json.loads(json.dumps(fields, default=str))  # as read back: lists, not tuples
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
   """'field: old value vs new value' of the first field where two manifests differ, or None."""
-  a, b = _flatten(old), _flatten(new)
+  a, b = resume_config.flatten(old), resume_config.flatten(new)
   for key in [*b, *(k for k in a if k not in b)]:
     if a.get(key, "(absent)") != b.get(key, "(absent)"):
       return f"{key}={a.get(key, '(absent)')!r} there, {key}={b.get(key, '(absent)')!r} now"
