@@ -1,4 +1,5 @@
-"""Multi-process start-up: `jax.distributed.initialize` before anything queries devices."""
+"""Multi-process start-up (`jax.distributed.initialize` before anything queries devices) and the
+host-side agreements between processes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import os
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 # Explicit coordinator variables (any cluster): address host:port, process count and id.
 EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -60,3 +63,17 @@ def initialize(env: Mapping[str, str] = os.environ) -> None:
     jax.local_device_count(),
     jax.device_count(),
   )
+
+
+def any_process(flag: bool) -> bool:
+  """Whether flag is set on any process (a collective: every process gets the same answer)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def from_process_0(value: int) -> int:
+  """Process 0's value on every process (a collective)."""
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))

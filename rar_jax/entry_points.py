@@ -68,10 +68,16 @@ def _is_config_key_error(error: BaseException) -> bool:
 def describe(error: BaseException, argv: Sequence[str] = ()) -> str | None:
   """The one-line message of a user error, or None when `error` is not one (a bug)."""
   if _is_config_key_error(error):
-    key = str(error).strip("\"'")
+    inner = error
+    while inner.args and isinstance(inner.args[0], BaseException):  # AttributeError(KeyError)
+      inner = inner.args[0]
+    text = str(inner.args[0]) if inner.args else str(inner)  # "'key'" [+ "\nDid you mean ..."]
+    key, _, hint = text.partition("\n")
+    key = key.strip("\"'")
     given = [a for a in argv if a.startswith("--") and re.search(rf"\.{re.escape(key)}\b", a)]
     where = f" (in {given[0]})" if given else ""
-    return f"unknown config key {key!r}{where}"
+    hint = f"; {hint.strip()}" if hint.strip() else ""
+    return f"unknown config key {key!r}{where}{hint}"
   if not isinstance(error, USER_ERRORS):
     return None
   message = str(error).strip() or type(error).__name__

@@ -123,12 +123,16 @@ class WorkdirLease:
     atomic_files.write_text(self.path, json.dumps(self._record(), indent=2))
 
   def _read(self) -> dict[str, Any] | None:
-    """lease.json, or None when absent; an unreadable one reads as {} (expired)."""
+    """lease.json, or None when absent; one that is not JSON reads as {} (no valid holder).
+    A failed read raises: it must neither take a live holder's lease nor lose our own (the
+    heartbeat retries it)."""
+    if not self.path.exists():
+      return None
     try:
       return json.loads(self.path.read_text())
-    except FileNotFoundError:
+    except FileNotFoundError:  # removed since the check
       return None
-    except (OSError, ValueError):
+    except ValueError:
       return {}
 
   def _held_error(self, holder: dict[str, Any] | None) -> LeaseHeldError:
@@ -188,6 +192,11 @@ class WorkdirLease:
         self._write()
       except Exception as err:  # noqa: BLE001 - a failed refresh is retried at the next beat
         logging.warning("Could not refresh the lease %s: %s", self.path, err)
+
+  @property
+  def lost(self) -> str | None:
+    """Why the (object-store) lease was lost to another process, or None while it is ours."""
+    return self._lost
 
   def check(self) -> None:
     """Raises LeaseLostError if another process took the (object-store) lease over."""

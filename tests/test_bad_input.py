@@ -132,3 +132,18 @@ def test_empty_jsonl_is_named(tmp_path):
     pretokenize.JsonlSource(str(path), spec)
   path.write_text(json.dumps({"class_id": 0, "tokens": [0, 1, 2, 3]}) + "\n")
   assert len(pretokenize.JsonlSource(str(path), spec)) == 1
+
+
+def test_unknown_config_key_with_a_near_match_is_one_line_with_the_hint():
+  import ml_collections  # noqa: PLC0415
+
+  from rar_jax import entry_points  # noqa: PLC0415
+
+  config = ml_collections.ConfigDict({"train": {"steps": 3}})
+  with pytest.raises(AttributeError) as caught:
+    config.train.stepz  # noqa: B018
+  message = entry_points.describe(caught.value, ["--config.train.stepz=3"])
+  assert message == (
+    "unknown config key 'stepz' (in --config.train.stepz=3); "
+    'Did you mean "steps" instead of "stepz"?'
+  )

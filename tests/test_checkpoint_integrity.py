@@ -129,6 +129,27 @@ def test_manifest_names_a_missing_file_and_tolerates_none(tmp_path):
     checkpoint_integrity.verify(step_dir)
 
 
+def test_malformed_manifest_makes_the_step_corrupt_not_a_crash(tmp_path):
+  step_dir = epath.Path(tmp_path) / "5"
+  (step_dir / "state").mkdir(parents=True)
+  (step_dir / "state" / "a").write_bytes(b"x" * 100)
+  (step_dir / checkpoint_integrity.MANIFEST).write_text('{"files": ["not", "a", "mapping"]}')
+  assert not checkpointing.checksums_match(epath.Path(tmp_path), 5)
+
+
+def test_a_failed_move_aside_is_one_error_naming_the_steps(tmp_path):
+  class Stub:  # the two attributes set_aside uses
+    directory = epath.Path(tmp_path) / "checkpoints"
+
+    def reload(self):
+      raise AssertionError("not reached")
+
+  Stub.directory.mkdir()
+  (Stub.directory / "corrupt").write_text("a file where the folder goes")
+  with pytest.raises(checkpointing.CheckpointSaveError, match=r"cannot move .*\[6\] aside"):
+    checkpointing.set_aside(Stub(), [6])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_rerun_after_a_corrupt_final_checkpoint_finishes(finished, tmp_path, data_dir, damage):

@@ -24,13 +24,11 @@ from typing import Any, TypeVar
 import grain
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
-from rar_jax import atomic_files, console, entry_points
+from rar_jax import atomic_files, console, distributed, entry_points
 from rar_jax.training import checkpoint_integrity
 from rar_jax.training.train_state import TrainState
 
@@ -76,20 +74,6 @@ def validate(ckpt_cfg: Mapping[str, Any]) -> None:
     raise ValueError(f"checkpoint.keep_every must be >= 0 (0 = none), got {ckpt_cfg['keep_every']}")
 
 
-def _any_process(flag: bool) -> bool:
-  """Whether flag is set on any process (every process gets the same answer)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-
-
-def _from_process_0(value: int) -> int:
-  """Process 0's value on every process."""
-  if jax.process_count() == 1:
-    return value
-  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
-
-
 def probe_writable(directory: epath.Path, latest: int | None = None) -> None:
   """Creates and removes a small file in directory (on every process).
 
@@ -103,9 +87,9 @@ def probe_writable(directory: epath.Path, latest: int | None = None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     probe.write_bytes(b"probe")
     probe.unlink()
-  except OSError as err:
+  except Exception as err:  # noqa: BLE001 - on gs:// the file layer raises its own error types
     error = f"{type(err).__name__}: {err}"
-  if _any_process(error is not None):
+  if distributed.any_process(error is not None):
     kept = "no checkpoint yet" if latest is None else f"the checkpoint at step {latest} is kept"
     cause = error or "another process could not write there (see its log)"
     raise CheckpointSaveError(f"cannot write checkpoints to {directory} ({cause}); {kept}")
@@ -118,11 +102,11 @@ class Manager(ocp.CheckpointManager):
   def save(self, step: int, *args: Any, **kwargs: Any) -> bool:
     if not kwargs.get("force") and not self.should_save(step):
       return False
-    if not self._options.read_only:
-      # Orbax would otherwise start the save, fail creating its folder in a background thread
-      # and leave threads waiting on that folder's signal for the coordination timeout (5 min).
-      probe_writable(self.directory, self.latest_step())
     try:
+      if not self._options.read_only:
+        # Orbax would otherwise start the save, fail creating its folder in a background thread
+        # and leave threads waiting on that folder's signal for the coordination timeout.
+        probe_writable(self.directory, self.latest_step())
       return super().save(step, *args, **kwargs)
     except CheckpointSaveError:
       raise
@@ -145,7 +129,15 @@ class Manager(ocp.CheckpointManager):
     super()._finalize(step, steps_to_remove)
     step_dir = self.directory / str(step)
     if jax.process_index() == 0 and ocp.step.is_path_finalized(step_dir):
-      checkpoint_integrity.write_manifest(step_dir)
+      try:
+        checkpoint_integrity.write_manifest(step_dir)
+      except Exception as err:  # noqa: BLE001 - the step is committed; it stays unverified
+        logging.warning(
+          "No checksums for checkpoint %s (%s: %s): it will be restored unverified",
+          step_dir,
+          type(err).__name__,
+          err,
+        )
 
 
 def make_manager(
@@ -196,7 +188,7 @@ def checksums_match(directory: epath.Path, step: int) -> bool:
   if jax.process_index() == 0:
     try:
       status = checkpoint_integrity.verify(step_dir)
-    except (checkpoint_integrity.CorruptCheckpointError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - the other processes wait for this verdict
       logging.warning("Skipping checkpoint %s: it is corrupt (%s)", step_dir, err)
       status = checkpoint_integrity.Status.CORRUPT
     if status == checkpoint_integrity.Status.UNVERIFIED:
@@ -206,7 +198,7 @@ def checksums_match(directory: epath.Path, step: int) -> bool:
         step_dir,
         checkpoint_integrity.MANIFEST,
       )
-  return _from_process_0(int(status)) != checkpoint_integrity.Status.CORRUPT
+  return distributed.from_process_0(int(status)) != checkpoint_integrity.Status.CORRUPT
 
 
 def first_restorable(
@@ -219,6 +211,7 @@ def first_restorable(
     if not checksums_match(manager.directory, step):
       skipped.append(step)
       continue
+    restored, failed = None, False
     try:
       restored = restore(step)
     except Exception as err:  # noqa: BLE001 - any failure means this checkpoint is unusable
@@ -226,6 +219,8 @@ def first_restorable(
       logging.warning(
         "Skipping checkpoint %s: it could not be restored (%s: %s)", path, type(err).__name__, err
       )
+      failed = True
+    if distributed.any_process(failed):  # every process moves on to the same step
       skipped.append(step)
       continue
     return step, restored, skipped
@@ -237,22 +232,35 @@ def set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   never deleted) so that the run can save those steps again."""
   if not steps:
     return
+  error = None
   if jax.process_index() == 0:
-    aside = manager.directory / "corrupt"
-    aside.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for step in steps:
-      target = aside / f"{step}-{stamp}"
-      (manager.directory / str(step)).rename(target)
-      logging.warning(
-        "Moved the unusable checkpoint %d aside to %s (kept, not deleted); it will be "
-        "trained and saved again",
-        step,
-        target,
-      )
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("rar_jax checkpointing: unusable steps set aside")
+    try:
+      _move_aside(manager.directory, steps)
+    except Exception as err:  # noqa: BLE001 - reported on every process below
+      error = f"{type(err).__name__}: {err}"
+  if distributed.from_process_0(error is not None):
+    cause = error or "process 0 could not move them (see its log)"
+    raise CheckpointSaveError(
+      f"cannot move the unusable checkpoints {steps} aside in {manager.directory} ({cause}); "
+      "move them away yourself and rerun"
+    )
   manager.reload()
+
+
+def _move_aside(directory: epath.Path, steps: list[int]) -> None:
+  """Renames each step folder to directory/corrupt/<step>-<time>, with a warning each."""
+  aside = directory / "corrupt"
+  aside.mkdir(parents=True, exist_ok=True)
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  for step in steps:
+    target = aside / f"{step}-{stamp}"
+    (directory / str(step)).rename(target)
+    logging.warning(
+      "Moved the unusable checkpoint %d aside to %s (kept, not deleted); it will be "
+      "trained and saved again",
+      step,
+      target,
+    )
 
 
 def restore_latest(

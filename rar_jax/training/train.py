@@ -15,7 +15,7 @@ import ml_collections
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from rar_jax import console, sharding, workdir_lease
+from rar_jax import console, distributed, sharding, workdir_lease
 from rar_jax.data import datasets, holdout, pipeline
 from rar_jax.model import numerics, presets
 from rar_jax.model.presets import ModelConfig
@@ -102,10 +102,16 @@ class PreemptionGuard:
     logging.warning("SIGTERM received: checkpointing at the current step, then exiting")
     self.requested = True
 
-  def should_stop(self, step: int, manager: Any) -> bool:
-    """Whether to checkpoint now and stop (every process agrees on the step)."""
-    if self._lease is not None:
-      self._lease.check()
+  def should_stop(self, step: int, manager: Any, at_checkpoint: bool = True) -> bool:
+    """Whether to checkpoint now and stop (every process agrees on the step). A lost lease
+    raises LeaseLostError: at once with one process, on every process at the next
+    checkpoint step with several (only process 0 holds the lease)."""
+    if jax.process_count() == 1 or at_checkpoint:
+      lost = self._lease is not None and self._lease.lost is not None
+      if distributed.any_process(lost):
+        raise workdir_lease.LeaseLostError(
+          self._lease.lost if lost else "process 0 lost the workdir lease (see its log)"
+        )
     if jax.process_count() > 1:
       return manager.reached_preemption(step)
     return self.requested
@@ -282,7 +288,8 @@ def _train(
         with progress.timed("sample_quality"):
           quality = samples.run(step, state.params, writer, workdir)
         logging.info("Sample quality at step %d: %s", step, quality)
-      preempted = guard.should_stop(step, manager)
+      due = step % config.checkpoint.every_steps == 0 or step == plan.total_steps
+      preempted = guard.should_stop(step, manager, at_checkpoint=due)
       last = preempted or step == plan.total_steps
       if last or step % config.checkpoint.every_steps == 0:
         logger.flush()  # verifies this step is finite before it is saved
