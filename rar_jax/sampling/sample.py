@@ -50,7 +50,7 @@ from rar_jax import (
   workdir_lease,
 )
 from rar_jax.sampling import decoding, export, images
-from rar_jax.training import resume_config
+from rar_jax.training import checkpoint_integrity, resume_config
 
 SAMPLES_FILE = "samples.npz"
 GRID_FILE = "grid.png"
@@ -70,20 +70,12 @@ def _chunk_path(out: epath.Path, chunk: int, host: int) -> epath.Path:
   return out / "chunks" / f"{chunk:06d}-p{host:03d}.npz"
 
 
-def _files_under(folder: epath.Path) -> list[epath.Path]:
-  """Every file below folder (epath has no recursive glob on gs://)."""
-  files = []
-  for path in folder.iterdir():
-    files += _files_under(path) if path.is_dir() else [path]
-  return files
-
-
 def export_fingerprint(export_dir: str) -> str:
   """sha256 over the export's export.json and its params files: every file's name and size,
   and the bytes of the small ones (Orbax's metadata, with its save time)."""
   root = epath.Path(export_dir)
   digest = hashlib.sha256((root / export.EXPORT_FILE).read_bytes())
-  for path in sorted(_files_under(root / "params"), key=str):
+  for path in sorted(checkpoint_integrity.files_under(root / "params"), key=str):
     size = path.stat().length
     digest.update(f"{path.relative_to(root)}\0{size}\0".encode())
     if size <= _HASHED_FILE_BYTES:

@@ -562,11 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(__doc__)
     print(_define_flags(argv[:1]).get_help())
     return 0
-  try:
+  try:  # a bad flag or value is printed in one line by entry_points.call
     _, est, text = run(argv)
-  except (ValueError, flags.Error) as e:
-    print(f"rar_jax.tools.plan: {e}", file=sys.stderr)
-    return 2
   except DoesNotFit as e:
     print(e)
     return 1

@@ -44,17 +44,18 @@ def _sha256(path: epath.Path) -> str:
   return digest.hexdigest()
 
 
-def _files(step_dir: epath.Path, prefix: str = "") -> list[str]:
-  """Every file under step_dir (relative, sorted), leaving out the manifest and its temp files.
-  Walks with iterdir (epath has no recursive glob on cloud stores)."""
-  names = []
-  for path in step_dir.iterdir():
-    rel = prefix + path.name
-    if path.is_dir():
-      names.extend(_files(path, rel + "/"))
-    elif rel != MANIFEST and not rel.startswith(f".{MANIFEST}."):
-      names.append(rel)
-  return sorted(names)
+def files_under(folder: epath.Path) -> list[epath.Path]:
+  """Every file below folder, walked with iterdir (epath has no recursive glob on gs://)."""
+  files = []
+  for path in folder.iterdir():
+    files += files_under(path) if path.is_dir() else [path]
+  return files
+
+
+def _files(step_dir: epath.Path) -> list[str]:
+  """Every file under step_dir (relative, sorted), leaving out the manifest and its temp files."""
+  names = (path.relative_to(step_dir).as_posix() for path in files_under(step_dir))
+  return sorted(n for n in names if n != MANIFEST and not n.startswith(f".{MANIFEST}."))
 
 
 def write_manifest(step_dir: epath.Path) -> None:
