@@ -1,4 +1,4 @@
-# The training image (launch/image.sh builds and pushes it; docs/tpu.md): pinned Python, the
+# The training image (launch/image.sh builds and pushes it; docs/guides/tpu.md): pinned Python, the
 # dependencies that setup.cfg pins in a layer of their own, then the code, so that a code change
 # rebuilds in seconds. ACCELERATOR picks the setup.cfg extra: tpu (jax[tpu] with libtpu) or
 # gpu (jax[cuda12], CUDA libraries from PyPI; the host provides the driver).

@@ -1,4 +1,4 @@
-"""Defaults shared by every training config: the official RAR recipe (docs/official_code.md,
+"""Defaults shared by every training config: the official RAR recipe (docs/reference/official_code.md,
 training)."""
 
 import ml_collections
@@ -109,5 +109,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.temperature = 1.0
   c.sampling.top_k = 0  # off, as the official sampler
   c.sampling.top_p = 1.0  # off
-  c.sampling.speculative_window = 0  # the plain sampler (docs/sampling_speed.md)
+  c.sampling.speculative_window = 0  # the plain sampler (docs/measurements/sampling_speed.md)
   return c

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmarks (docs/gpu.md), in one call of at most 8 minutes (e.g. on a single H100/H200), as the A/B
+# The GPU benchmarks (docs/guides/gpu.md), in one call of at most 8 minutes (e.g. on a single H100/H200), as the A/B
 # of every numerics switch (rar_jax/model/numerics.py; the GPU default is the library paths):
 #   RAR-B training, bf16, at a batch that fills the chip (full remat): all library paths, then
 #   each hand-written path in turn;

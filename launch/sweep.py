@@ -1,4 +1,4 @@
-"""Sweeps of a config's get_hyper: a launcher for `rar_jax.tools.sweep_cli` (also `rar-sweep`) that
+"""Sweeps of a config's get_hyper: a launcher for `rar_jax.commands.sweep` (also `rar-sweep`) that
 works from a checkout without installing the package.
 
   python launch/sweep.py run --config=configs/digits_sweep.py --workdir=workdirs/sweep --mode=local
@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from rar_jax.tools import sweep_cli  # noqa: E402
+from rar_jax.commands import sweep  # noqa: E402
 
 if __name__ == "__main__":
-  sweep_cli.cli()
+  sweep.cli()

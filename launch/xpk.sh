@@ -2,7 +2,7 @@
 # Production training on GKE through XPK (AI-Hypercomputer/xpk): the image that launch/image.sh
 # pushed runs as a JobSet workload on TPU slices; JobSet restarts it after a failure or a
 # preemption (--max-restarts) and the job resumes from the newest checkpoint in its gs:// workdir.
-# Run it where xpk, gcloud and kubectl are set up. docs/tpu.md has the whole recipe.
+# Run it where xpk, gcloud and kubectl are set up. docs/guides/tpu.md has the whole recipe.
 #
 #   export PROJECT=my-project ZONE=us-east5-a CLUSTER=my-cluster IMAGE=$(bash launch/image.sh name)
 #   bash launch/xpk.sh mount --bucket my-bucket          # gcsfuse at /gcs/my-bucket in every pod

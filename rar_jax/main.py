@@ -10,7 +10,7 @@ Any config key can be overridden with --config.<key>=<value>.
 from absl import app, flags
 from ml_collections import config_flags
 
-from rar_jax import console, distributed, entry_points, host_memory
+from rar_jax.infra import console, distributed, host_memory, user_errors
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file and argument, e.g. configs/imagenet.py:L.", lock_config=True
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
   """Console-script entry point (`rar-train`)."""
-  entry_points.run(main, __name__)
+  user_errors.run(main, __name__)
 
 
 if __name__ == "__main__":

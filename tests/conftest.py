@@ -7,7 +7,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from rar_jax import host_memory  # noqa: E402  (imports nothing heavy)
+from rar_jax.infra import host_memory  # noqa: E402  (imports nothing heavy)
 
 host_memory.retain_freed_memory()  # as the entry points do, before JAX starts threads
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import jax
 
-from rar_jax import console
 from rar_jax.data import gcs_mount, records
+from rar_jax.infra import console
 from rar_jax.model.presets import ModelConfig
 
 BUILTINS = ("digits",)

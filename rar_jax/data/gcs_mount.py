@@ -2,7 +2,7 @@
 
 ArrayRecord opens each shard as a local file (its reader works on a file descriptor), so Grain
 cannot read `gs://` shards directly. The bucket is mounted with gcsfuse at `/gcs/<bucket>`
-(`launch/xpk.sh mount` for every XPK pod; docs/tpu.md for TPU VMs) and `data.dir=gs://b/p` is
+(`launch/xpk.sh mount` for every XPK pod; docs/guides/tpu.md for TPU VMs) and `data.dir=gs://b/p` is
 read at `/gcs/b/p`, so the same config runs on both. RAR_GCS_MOUNT moves the mount root.
 """
 
@@ -32,6 +32,6 @@ def local_path(path: str, env: Mapping[str, str] = os.environ) -> str:
     raise FileNotFoundError(
       f"data.dir={path} is read through gcsfuse at {local}, which does not exist: mount the "
       f"bucket at {os.path.join(root, bucket)} (launch/xpk.sh mount --bucket {bucket}; "
-      f"docs/tpu.md) or set {MOUNT_ROOT_ENV} to where it is mounted"
+      f"docs/guides/tpu.md) or set {MOUNT_ROOT_ENV} to where it is mounted"
     )
   return local

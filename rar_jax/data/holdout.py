@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from rar_jax import console, entry_points
 from rar_jax.data import records
 from rar_jax.data.records import PathLike, TokenRecordSource
+from rar_jax.infra import console, user_errors
 
 
 def choose(num_records: int, count: int, seed: int) -> records.HeldOut:
@@ -122,7 +122,7 @@ def cli() -> None:
       meta.validation.seed,
     )
 
-  entry_points.run(main, __name__)
+  user_errors.run(main, __name__)
 
 
 if __name__ == "__main__":

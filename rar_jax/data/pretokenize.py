@@ -48,8 +48,9 @@ from ml_collections import config_flags
 from PIL import Image
 from tqdm import tqdm
 
-from rar_jax import atomic_files, console, distributed, entry_points, tokenizers
+from rar_jax import tokenizers
 from rar_jax.data import augment, holdout, records
+from rar_jax.infra import atomic_files, console, distributed, user_errors
 from rar_jax.tokenizers import vqgan
 from rar_jax.tokenizers.pixel import PixelTokenizer
 
@@ -466,7 +467,7 @@ def cli() -> None:
   multihost = flags.DEFINE_bool(
     "distributed",
     False,
-    "Join a multi-process run (as RAR_DISTRIBUTED=1; see rar_jax.distributed).",
+    "Join a multi-process run (as RAR_DISTRIBUTED=1; see rar_jax.infra.distributed).",
   )
   flags.mark_flags_as_required(["config", "output_dir"])
 
@@ -479,7 +480,7 @@ def cli() -> None:
     meta = run(config.value, output_dir.value, process_index=index.value, process_count=count.value)
     console.info("%s: %d records, %d shards", output_dir.value, meta.num_records, len(meta.shards))
 
-  entry_points.run(main, __name__)
+  user_errors.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import grain
 import numpy as np
 from array_record.python import array_record_module
 
-from rar_jax import atomic_files
+from rar_jax.infra import atomic_files
 
 RECORD_FORMAT = "rar_jax.tokens_u16le+label_u16le.v1"
 METADATA_FILENAME = "metadata.json"

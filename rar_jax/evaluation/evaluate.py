@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from rar_jax import console, entry_points, host_memory
+from rar_jax.infra import console, host_memory, user_errors
 
 
 def check_inputs(samples: str, reference: str, inception_weights: str) -> None:
@@ -84,7 +84,7 @@ def cli() -> None:
     )
     print(json.dumps(metrics, indent=2))
 
-  entry_points.run(main, __name__)
+  user_errors.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ downloads anything):
 
   https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
 
-`load_weights(path)` reads it with the tensor-only reader `rar_jax.torch_io`
+`load_weights(path)` reads it with the tensor-only reader `rar_jax.infra.torch_io`
 (no torch, no pickled code runs); an `.npz` with the same keys works too. The torch-fidelity file
 `weights-inception-2015-12-05-6726825d.pth` has the same keys. A legacy (pre zip-format) torch
 file is refused by the reader with a hint: re-save it once with
@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rar_jax import torch_io
+from rar_jax.infra import torch_io
 
 Array = jax.Array
 Variables = dict[str, Any]  # {"params": ..., "batch_stats": ...}

@@ -1,6 +1,6 @@
 """Official PyTorch RAR state dicts <-> rar_jax parameters, both ways.
 
-The official key names and shapes are in docs/official_code.md (checkpoints). Every size comes
+The official key names and shapes are in docs/reference/official_code.md (checkpoints). Every size comes
 from the ModelConfig. Rows the official position tables allocate but no code path reads
 (rows >= L + 2) are dropped on import and zero-filled on export; everything else round-trips
 exactly.
@@ -24,7 +24,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from rar_jax import torch_io
+from rar_jax.infra import torch_io
 from rar_jax.model import presets
 from rar_jax.model.presets import ModelConfig
 

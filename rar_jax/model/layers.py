@@ -107,7 +107,7 @@ class Linear(nn.Module):
     in_axes, out_axes = self.kernel_axes[: self.num_in], self.kernel_axes[self.num_in :]
     if self.flat and _mergeable(in_axes) and _mergeable(out_axes):
       # One [N, in] x [in, out] matmul: XLA:CPU runs the flat form and its gradients faster
-      # than the N-d contraction (measured in docs/performance.md).
+      # than the N-d contraction (measured in docs/measurements/performance.md).
       n_in, n_out = math.prod(in_shape), math.prod(self.features)
       lead = x.shape[: x.ndim - self.num_in]
       y = (x.reshape(-1, n_in) @ kernel.reshape(n_in, n_out)).reshape(*lead, *self.features)

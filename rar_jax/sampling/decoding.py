@@ -39,10 +39,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rar_jax import sharding
-from rar_jax.model import rar
+from rar_jax.model import rar, token_orders
 from rar_jax.model.presets import ModelConfig
 from rar_jax.sampling import speculative
-from rar_jax.training import randomization
 
 Array = jax.Array
 Params = Any
@@ -322,7 +321,7 @@ def _generate_counted(
     calls = jnp.int32(cfg.seq_len)
   if orders is None:
     return step_tokens, calls
-  return randomization.permute(step_tokens, jnp.argsort(orders, axis=1)), calls  # a gather
+  return token_orders.permute(step_tokens, jnp.argsort(orders, axis=1)), calls  # a gather
 
 
 def generate(
@@ -343,7 +342,7 @@ def generate(
     sampling: the sampling config (static); speculative_window > 0 samples the same
       distribution with `rar_jax.sampling.speculative`.
     orders: [B, L] int generation orders (orders[b, i] = raster position of step i), e.g. from
-      randomization.sample_orders; raster (the official and default) when None.
+      token_orders.sample_orders; raster (the official and default) when None.
 
   Returns:
     [B, L] int32 tokens in raster layout: tokens[b, orders[b, i]] = the token of step i.

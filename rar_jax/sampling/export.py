@@ -26,10 +26,10 @@ from etils import epath
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from rar_jax import atomic_files, entry_points, sharding
+from rar_jax import sharding
+from rar_jax.infra import atomic_files, checkpointing, user_errors
 from rar_jax.model import convert, presets, rar
 from rar_jax.model.presets import ModelConfig
-from rar_jax.training import checkpointing
 
 EXPORT_FILE = "export.json"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -178,7 +178,7 @@ def cli() -> None:
       write(output.value, params, cfg, config, dtype.value)
     print(f"wrote {output.value}")
 
-  entry_points.run(main, __name__)
+  user_errors.run(main, __name__)
 
 
 if __name__ == "__main__":

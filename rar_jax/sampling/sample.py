@@ -39,18 +39,18 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from rar_jax import (
+from rar_jax import sharding, tokenizers
+from rar_jax.infra import (
   atomic_files,
+  checkpoint_integrity,
   console,
   distributed,
-  entry_points,
   host_memory,
-  sharding,
-  tokenizers,
+  run_config,
+  user_errors,
   workdir_lease,
 )
 from rar_jax.sampling import decoding, export, images
-from rar_jax.training import checkpoint_integrity, resume_config
 
 SAMPLES_FILE = "samples.npz"
 GRID_FILE = "grid.png"
@@ -119,7 +119,7 @@ def manifest(
 
 def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
   """'field: old value vs new value' of the first field where two manifests differ, or None."""
-  a, b = resume_config.flatten(old), resume_config.flatten(new)
+  a, b = run_config.flatten(old), run_config.flatten(new)
   for key in [*b, *(k for k in a if k not in b)]:
     if a.get(key, "(absent)") != b.get(key, "(absent)"):
       return f"{key}={a.get(key, '(absent)')!r} there, {key}={b.get(key, '(absent)')!r} now"
@@ -313,7 +313,7 @@ def cli() -> None:
       rate = num_samples.value / (time.perf_counter() - start)
       console.info("Wrote %s (%.2f images/s this run)", out / SAMPLES_FILE, rate)
 
-  entry_points.run(main, __name__)
+  user_errors.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rar_jax import sharding, torch_io
+from rar_jax import sharding
+from rar_jax.infra import torch_io
 
 Array = jax.Array
 GN_GROUPS = 32

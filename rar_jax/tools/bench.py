@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from rar_jax import entry_points, host_memory, sharding
+from rar_jax import sharding
+from rar_jax.infra import chips, host_memory, user_errors
 from rar_jax.model import numerics, presets
 from rar_jax.sampling import decoding
-from rar_jax.tools import chips
 from rar_jax.training import metrics, optim, train_state, train_step
 
 OPTIM = dict(
@@ -366,7 +366,7 @@ def cli() -> None:
       flush=True,
     )
 
-  entry_points.run(main, __name__)
+  user_errors.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,11 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from rar_jax import atomic_files, entry_points, sharding
+from rar_jax import sharding
+from rar_jax.infra import atomic_files, user_errors
+from rar_jax.infra.chips import CHIPS, GIB, Chip, chip_by_name, parse_topology
 from rar_jax.model.presets import ModelConfig
 from rar_jax.tools import tpu_compiler
-from rar_jax.tools.chips import CHIPS, GIB, Chip, chip_by_name, parse_topology
 from rar_jax.training import metrics, optim, train, train_state, train_step
 
 
@@ -562,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(__doc__)
     print(_define_flags(argv[:1]).get_help())
     return 0
-  try:  # a bad flag or value is printed in one line by entry_points.call
+  try:  # a bad flag or value is printed in one line by user_errors.call
     _, est, text = run(argv)
   except DoesNotFit as e:
     print(e)
@@ -577,7 +578,7 @@ def cli() -> None:
   count = _requested_devices(sys.argv[1:])
   if count:
     _simulate_host_devices(count)
-  sys.exit(entry_points.call(main))
+  sys.exit(user_errors.call(main))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 
 from etils import epath
 
-from rar_jax import atomic_files
+from rar_jax.infra import atomic_files
 from rar_jax.tools import sweeps
 from rar_jax.tools.sweeps import Point
 

@@ -17,7 +17,7 @@ optional and dropped). Every point becomes one run of `rar_jax.main` with those 
 `<base_workdir>/<name>`, the name derived from the keys that vary across the sweep;
 `sweep_results.collect` reads the runs back into results.md, results.csv and loss.png.
 
-The command line (run / collect) is `rar_jax.tools.sweep_cli` (`rar-sweep`, `launch/sweep.py`).
+The command line (run / collect) is `rar_jax.commands.sweep` (`rar-sweep`, `launch/sweep.py`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any, TextIO
 
 from etils import epath
 
-from rar_jax import atomic_files
+from rar_jax.infra import atomic_files
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MANIFEST = "sweep.json"
@@ -294,7 +294,7 @@ def validate(spec: str, runs: Sequence[Run]) -> None:
   from absl import flags
   from ml_collections import config_flags
 
-  from rar_jax.training import randomization
+  from rar_jax.model import token_orders
 
   if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -324,7 +324,7 @@ def validate(spec: str, runs: Sequence[Run]) -> None:
       )
       values(argv)
       config = values.config
-      start, end = randomization.anneal_steps(config.randomness, config.train.steps)
+      start, end = token_orders.anneal_steps(config.randomness, config.train.steps)
     except Exception as e:  # noqa: BLE001 (flags raise several types; report them all alike)
       raise ValueError(f"run {run.name}: {e}") from e
     if end > config.train.steps:

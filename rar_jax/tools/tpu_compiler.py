@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rar_jax.tools.chips import Chip, chip_by_name
+from rar_jax.infra.chips import Chip, chip_by_name
 
 # Chips the TPU compiler can target, with their torus rank (3-D for v4 / v5p, 2-D otherwise).
 TPU_CHIPS = {"v4": 3, "v5e": 2, "v5p": 3, "v6e": 2}

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 from clu import metric_writers
 
+from rar_jax.infra import chips
 from rar_jax.model.presets import ModelConfig
-from rar_jax.tools import chips
 
 
 def matmul_params_per_token(cfg: ModelConfig) -> int:

@@ -1,5 +1,5 @@
 """Optimizer: global-norm clipping, then AdamW with the official weight-decay mask, on a linear
-warmup + cosine learning-rate schedule (docs/official_code.md, optimizer)."""
+warmup + cosine learning-rate schedule (docs/reference/official_code.md, optimizer)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-from rar_jax import console
+from rar_jax.infra import console
 
 
 def validate(profile_cfg: Mapping[str, Any]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from rar_jax import console
+from rar_jax.infra import console
 
 
 def format_duration(seconds: float) -> str:

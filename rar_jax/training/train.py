@@ -15,22 +15,19 @@ import ml_collections
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from rar_jax import console, distributed, sharding, workdir_lease
+from rar_jax import sharding
 from rar_jax.data import datasets, holdout, pipeline
-from rar_jax.model import numerics, presets
+from rar_jax.evaluation import previews, sample_eval
+from rar_jax.infra import checkpointing, console, distributed, run_config, workdir_lease
+from rar_jax.model import numerics, presets, token_orders
 from rar_jax.model.presets import ModelConfig
 from rar_jax.sampling import decoding
 from rar_jax.training import (
-  checkpointing,
   eval_step,
   metrics,
   optim,
-  previews,
   profiling,
   progress_line,
-  randomization,
-  resume_config,
-  sample_eval,
   train_state,
   train_step,
 )
@@ -61,8 +58,8 @@ def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
   profiling.validate(config.profile)
   if config.eval.grid_every < 0:
     raise ValueError(f"eval.grid_every must be >= 0 (0 = off), got {config.eval.grid_every}")
-  anneal = randomization.anneal_steps(config.randomness, total)
-  randomization.check_label_dropout(config.randomness.label_dropout)
+  anneal = token_orders.anneal_steps(config.randomness, total)
+  token_orders.check_label_dropout(config.randomness.label_dropout)
   optim.validate(config.optim)
   decoding.SamplingConfig.from_group(config.sampling)  # raises on a bad sampling value
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.dcn_data, devices)
@@ -198,7 +195,7 @@ def train_and_evaluate(
 
   Raises:
     workdir_lease.LeaseHeldError: another job uses workdir.
-    resume_config.ConfigChangeError: the config differs from the one in <workdir>/config.json.
+    run_config.ConfigChangeError: the config differs from the one in <workdir>/config.json.
   """
   plan = resolve(config)  # a bad config or data set is named before the workdir is touched
   sample_eval.check_config(config.eval)
@@ -211,7 +208,7 @@ def train_and_evaluate(
     workdir_lease.hold(workdir, "training") as lease,
     PreemptionGuard(lease) as guard,
   ):
-    resume_config.check(workdir, config, allow_config_change)
+    run_config.check(workdir, config, allow_config_change)
     return _train(config, workdir, guard, plan, data_dir, scorer)
 
 

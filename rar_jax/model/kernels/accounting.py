@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 # The TPU compiler's own ceilings for a v5p, measured here: a bf16 8192^3 matmul at 394 TFLOP/s
-# and a 1 GiB add at 2.35 TB/s (docs/performance.md).
+# and a 1 GiB add at 2.35 TB/s (docs/measurements/performance.md).
 MATMUL_FLOPS_PER_S = 394e12
 HBM_BYTES_PER_S = 2.35e12
 
