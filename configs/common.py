@@ -1,5 +1,5 @@
-"""Defaults shared by every training config: the official RAR recipe (docs/reference/official_code.md,
-training)."""
+"""Defaults shared by every training config: the official RAR recipe
+(docs/reference/official_code.md, training)."""
 
 import ml_collections
 from ml_collections.config_dict import placeholder

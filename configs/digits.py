@@ -25,7 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.codebook_size = 17
   config.model.num_classes = 10
   config.model.dtype = "float32"
-  config.model.scan_layers = False  # unrolled layers: faster on XLA:CPU (docs/measurements/performance.md)
+  config.model.scan_layers = (
+    False  # unrolled layers: faster on XLA:CPU (docs/measurements/performance.md)
+  )
 
   config.optim.lr = 1e-3
   config.optim.end_lr = 1e-5

@@ -74,3 +74,53 @@ def test_training_does_not_import_the_sampling_commands():
   for name, deps in graph.items():
     if name.startswith("rar_jax.training."):
       assert not deps & {"rar_jax.sampling.export", "rar_jax.sampling.sample"}, name
+
+
+# Layers, bottom to top: a module imports only from its own layer or the ones below
+# (docs/architecture.md draws this picture).
+LAYERS = (
+  ("rar_jax.infra", "rar_jax.sharding"),
+  ("rar_jax.model",),
+  ("rar_jax.tokenizers",),
+  ("rar_jax.data",),
+  ("rar_jax.sampling",),
+  ("rar_jax.evaluation",),
+  ("rar_jax.training",),
+  ("rar_jax.tools",),
+  ("rar_jax.commands", "rar_jax.main"),
+)
+
+
+def layer_of(module: str) -> int:
+  """The index in LAYERS of the layer that holds `module` (the package root itself: -1)."""
+  for index, prefixes in enumerate(LAYERS):
+    if any(module == p or module.startswith(p + ".") for p in prefixes):
+      return index
+  if module == "rar_jax":
+    return -1
+  raise AssertionError(f"{module} is in no layer of tests/test_architecture.py's LAYERS")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+  """'a -> b' for every import of a module b in a layer above a's."""
+  return sorted(
+    f"{name} -> {dep}"
+    for name, deps in graph.items()
+    for dep in deps
+    if layer_of(dep) > layer_of(name)
+  )
+
+
+def test_layer_check_finds_an_upward_import():
+  assert upward_imports({"rar_jax.model.rar": {"rar_jax.training.train"}}) == [
+    "rar_jax.model.rar -> rar_jax.training.train"
+  ]
+  assert upward_imports({"rar_jax.training.train": {"rar_jax.model.rar"}}) == []
+
+
+def test_packages_import_only_downward():
+  assert upward_imports(import_graph()) == []
+
+
+def test_at_most_two_modules_at_the_package_root():
+  assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "main.py", "sharding.py"]

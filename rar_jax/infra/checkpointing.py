@@ -29,7 +29,6 @@ from absl import logging
 from etils import epath
 
 from rar_jax.infra import atomic_files, checkpoint_integrity, console, distributed, user_errors
-from rar_jax.training.train_state import TrainState
 
 T = TypeVar("T")
 CONFIG_FILE = "config.json"  # the run's config, beside its checkpoints
@@ -165,7 +164,7 @@ def make_manager(
 
 
 def save(
-  manager: ocp.CheckpointManager, step: int, state: TrainState, data_iter: Any, *, force=False
+  manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, *, force=False
 ) -> bool:
   """Starts an async save of the state after `step` updates (skipped unless the interval says
   so, or force)."""
@@ -263,8 +262,8 @@ def _move_aside(directory: epath.Path, steps: list[int]) -> None:
 
 
 def restore_latest(
-  manager: ocp.CheckpointManager, abstract_state: TrainState, data_iter: Any
-) -> TrainState | None:
+  manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any
+) -> Any | None:
   """Restores the newest readable checkpoint onto abstract_state's shardings.
 
   The data iterator is restored in place. A checkpoint that fails its checksums or its restore
@@ -280,7 +279,7 @@ def restore_latest(
   """
   steps = sorted(manager.all_steps(), reverse=True)
 
-  def restore(step: int) -> TrainState:
+  def restore(step: int) -> Any:
     restored = manager.restore(
       step,
       args=ocp.args.Composite(

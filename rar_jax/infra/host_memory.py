@@ -4,8 +4,8 @@ XLA:CPU allocates every temporary and output buffer with malloc. glibc serves al
 its mmap threshold (and every large allocation made from a thread arena) with a fresh mmap and
 returns them to the OS on free, so each step of a training job touches hundreds of megabytes of
 new pages: page faults and kernel time on every step. Keeping freed memory in one heap for
-reuse removes those faults (measured in docs/measurements/performance.md). The process then holds on to its
-peak heap, which is what a training loop reuses every step anyway.
+reuse removes those faults (measured in docs/measurements/performance.md). The process then
+holds on to its peak heap, which is what a training loop reuses every step anyway.
 """
 
 from __future__ import annotations

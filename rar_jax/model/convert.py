@@ -1,7 +1,7 @@
 """Official PyTorch RAR state dicts <-> rar_jax parameters, both ways.
 
-The official key names and shapes are in docs/reference/official_code.md (checkpoints). Every size comes
-from the ModelConfig. Rows the official position tables allocate but no code path reads
+The official key names and shapes are in docs/reference/official_code.md (checkpoints). Every
+size comes from the ModelConfig. Rows the official position tables allocate but no code path reads
 (rows >= L + 2) are dropped on import and zero-filled on export; everything else round-trips
 exactly.
 

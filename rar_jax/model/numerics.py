@@ -14,9 +14,9 @@ default) picks the backend's default from `DEFAULTS`, the one table of per-backe
                     dot_general: the N-d contraction (`jnp.tensordot`, as DenseGeneral)
 
 All settings compute the same function (tests/test_model.py checks the golden logits under each).
-The evidence for each default is in docs/measurements/performance.md: CPU from `rar_jax.tools.bench` runs,
-TPU from the TPU compiler (`bench --compile_only`), GPU pending a measurement
-(`launch/gpu_bench.sh`), so the GPU keeps the library paths.
+The evidence for each default is in docs/measurements/performance.md: CPU from
+`rar_jax.tools.bench` runs, TPU from the TPU compiler (`bench --compile_only`), GPU pending a
+measurement (`launch/gpu_bench.sh`), so the GPU keeps the library paths.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "gelu_dropout_impl": "custom",
     "linear_impl": "flat",
   },
-  # From the TPU compiler's per-layer costs (docs/measurements/performance.md, TPU table): the hand-written
-  # attention is cheaper in time and bytes (and in training memory); the others are not.
+  # From the TPU compiler's per-layer costs (docs/measurements/performance.md, TPU table): the
+  # hand-written attention is cheaper in time and bytes (and in training memory); the others are
+  # not.
   "tpu": {**LIBRARY, "attention_impl": "custom"},
   # Library paths until a GPU measurement says otherwise.
   "gpu": dict(LIBRARY),

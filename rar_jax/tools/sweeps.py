@@ -294,7 +294,7 @@ def validate(spec: str, runs: Sequence[Run]) -> None:
   from absl import flags
   from ml_collections import config_flags
 
-  from rar_jax.model import token_orders
+  from rar_jax.training import randomization
 
   if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -324,7 +324,7 @@ def validate(spec: str, runs: Sequence[Run]) -> None:
       )
       values(argv)
       config = values.config
-      start, end = token_orders.anneal_steps(config.randomness, config.train.steps)
+      start, end = randomization.anneal_steps(config.randomness, config.train.steps)
     except Exception as e:  # noqa: BLE001 (flags raise several types; report them all alike)
       raise ValueError(f"run {run.name}: {e}") from e
     if end > config.train.steps:

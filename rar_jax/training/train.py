@@ -19,7 +19,7 @@ from rar_jax import sharding
 from rar_jax.data import datasets, holdout, pipeline
 from rar_jax.evaluation import previews, sample_eval
 from rar_jax.infra import checkpointing, console, distributed, run_config, workdir_lease
-from rar_jax.model import numerics, presets, token_orders
+from rar_jax.model import numerics, presets
 from rar_jax.model.presets import ModelConfig
 from rar_jax.sampling import decoding
 from rar_jax.training import (
@@ -28,6 +28,7 @@ from rar_jax.training import (
   optim,
   profiling,
   progress_line,
+  randomization,
   train_state,
   train_step,
 )
@@ -58,8 +59,8 @@ def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
   profiling.validate(config.profile)
   if config.eval.grid_every < 0:
     raise ValueError(f"eval.grid_every must be >= 0 (0 = off), got {config.eval.grid_every}")
-  anneal = token_orders.anneal_steps(config.randomness, total)
-  token_orders.check_label_dropout(config.randomness.label_dropout)
+  anneal = randomization.anneal_steps(config.randomness, total)
+  randomization.check_label_dropout(config.randomness.label_dropout)
   optim.validate(config.optim)
   decoding.SamplingConfig.from_group(config.sampling)  # raises on a bad sampling value
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.dcn_data, devices)

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from rar_jax import sharding
 from rar_jax.model import rar, token_orders
 from rar_jax.model.presets import ModelConfig
-from rar_jax.training import losses
+from rar_jax.training import losses, randomization
 from rar_jax.training.train_state import TrainState
 
 Batch = dict[str, jax.Array]  # tokens int32 [B, L], label int32 [B]
@@ -46,9 +46,9 @@ def train_step(
   tokens, labels = batch["tokens"], batch["label"]
   b, seq_len = tokens.shape
   order_key, label_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, state.step), 3)
-  ratio = token_orders.randomness_ratio(state.step, sc.anneal_start, sc.anneal_end)
+  ratio = randomization.randomness_ratio(state.step, sc.anneal_start, sc.anneal_end)
   orders = token_orders.sample_orders(order_key, b, seq_len, ratio)  # [B, L]
-  labels = token_orders.drop_labels(label_key, labels, sc.label_dropout, cfg.null_class)
+  labels = randomization.drop_labels(label_key, labels, sc.label_dropout, cfg.null_class)
   targets = token_orders.permute(tokens, orders)  # [B, L]
 
   def loss_fn(params):

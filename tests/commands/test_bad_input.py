@@ -10,9 +10,9 @@ import pytest
 
 from rar_jax.data import pretokenize, records
 from rar_jax.evaluation import fid
-from rar_jax.model import convert, presets, token_orders
+from rar_jax.model import convert, presets
 from rar_jax.sampling import decoding
-from rar_jax.training import optim, train
+from rar_jax.training import optim, randomization, train
 from tests.helpers import train_worker
 
 CFG = presets.resolve(
@@ -54,7 +54,7 @@ def test_the_default_configs_pass():
 
   for config in (digits.get_config(), imagenet.get_config("B")):
     optim.validate(config.optim)
-    token_orders.check_label_dropout(config.randomness.label_dropout)
+    randomization.check_label_dropout(config.randomness.label_dropout)
     decoding.SamplingConfig.from_group(config.sampling)
 
 

@@ -1,7 +1,7 @@
 """An independent float64 NumPy implementation of the official RAR forward pass, written
-straight from the official code's behaviour (docs/reference/official_code.md) on the torch-layout state
-dict. Tests use it to check parity at sizes other than the golden's (other widths, head dims,
-mlp ratios, lengths, codebooks)."""
+straight from the official code's behaviour (docs/reference/official_code.md) on the
+torch-layout state dict. Tests use it to check parity at sizes other than the golden's (other
+widths, head dims, mlp ratios, lengths, codebooks)."""
 
 from __future__ import annotations
 
