@@ -203,7 +203,7 @@ cmd_sweep() {
   check_workdir
   # One line per point: the workload name, then the rar_jax.main arguments (shell-quoted).
   local lines line
-  lines=$(cd "$root" && "$RAR_PYTHON" -m rar_jax.tools.xpk_sweep "--config=$CONFIG" \
+  lines=$(cd "$root" && "$RAR_PYTHON" -m rar_jax.commands.xpk_sweep "--config=$CONFIG" \
     "--workdir=$WORKDIR" "--prefix=$PREFIX" -- ${extra[@]+"${extra[@]}"}) ||
     die "could not expand the sweep of $CONFIG (see above)"
   while IFS= read -r line; do

@@ -10,7 +10,7 @@ Any config key can be overridden with --config.<key>=<value>.
 from absl import app, flags
 from ml_collections import config_flags
 
-from rar_jax.infra import console, distributed, host_memory, user_errors
+from rar_jax.commands import startup
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file and argument, e.g. configs/imagenet.py:L.", lock_config=True
@@ -28,9 +28,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  console.setup()  # third-party INFO logging off unless --verbosity
-  host_memory.retain_freed_memory()  # before JAX starts its threads
-  distributed.initialize()  # before anything below queries devices
   from rar_jax.training import train  # noqa: PLC0415
 
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
@@ -38,7 +35,7 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
   """Console-script entry point (`rar-train`)."""
-  user_errors.run(main, __name__)
+  startup.run(main, __name__)
 
 
 if __name__ == "__main__":

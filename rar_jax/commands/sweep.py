@@ -14,32 +14,22 @@ launch/tpu.sh / launch/gpu.sh train commands; --execute runs them). The sweep lo
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
 
-from rar_jax.infra import user_errors
+from absl import app, flags
+
+from rar_jax.commands import startup
 from rar_jax.tools import sweep_results, sweeps
 
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-    prog="rar-sweep",
-    description="Run a config's get_hyper sweep, or collect its results.",
-  )
-  sub = parser.add_subparsers(dest="command", required=True)
-  run = sub.add_parser("run", help="print or run every point of the sweep")
-  run.add_argument("--config", required=True, help="config file[:arg], e.g. configs/imagenet.py:B")
-  run.add_argument("--workdir", required=True, help="base workdir; each run gets <base>/<name>")
-  run.add_argument("--mode", choices=sweeps.MODES, default="print", help="default: print")
-  run.add_argument("--execute", action="store_true", help="tpu/gpu: run the launch commands")
-  run.add_argument("--only", help="only the runs whose name contains this")
-  run.add_argument("--keep_going", action="store_true", help="continue after a failed run")
-  run.add_argument("--python", help="interpreter for local runs (default: this one)")
-  run.add_argument("extra", nargs="*", help="after --: more rar_jax.main args for every run")
-  col = sub.add_parser("collect", help="write results.md, results.csv and loss.png")
-  col.add_argument("--workdir", required=True, help="the sweep's base workdir")
-  return parser
+_CONFIG = flags.DEFINE_string("config", None, "run: config file[:arg], e.g. configs/imagenet.py:B")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Base workdir; each run gets <base>/<name>.")
+_MODE = flags.DEFINE_enum("mode", "print", list(sweeps.MODES), "run: what to do with each point.")
+_EXECUTE = flags.DEFINE_bool("execute", False, "run, tpu/gpu: run the launch commands.")
+_ONLY = flags.DEFINE_string("only", None, "run: only the runs whose name contains this.")
+_KEEP_GOING = flags.DEFINE_bool("keep_going", False, "run: continue after a failed run.")
+_PYTHON = flags.DEFINE_string("python", None, "run: interpreter for local runs (default: this).")
+flags.mark_flags_as_required(["workdir"])
+USAGE = "usage: rar-sweep run|collect --workdir=W [--config=C --mode=M ...] [-- main args]"
 
 
 def _collect(workdir: str) -> int:
@@ -54,27 +44,34 @@ def _collect(workdir: str) -> int:
   return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the command line argv (default: sys.argv[1:]); returns the exit status."""
-  args = _parser().parse_args(argv)
-  if args.command == "collect":
-    return _collect(args.workdir)
+def main(argv: list[str]) -> int:
+  """`run` (print or run every point of the sweep; arguments after `--` go to every run's
+  rar_jax.main) or `collect` (results.md, results.csv and loss.png); the exit status."""
+  if len(argv) < 2 or argv[1] not in ("run", "collect"):
+    raise app.UsageError(USAGE)
+  command, extra = argv[1], argv[2:]
+  if command == "collect":
+    if extra:
+      raise app.UsageError(f"unexpected arguments: {extra}")
+    return _collect(_WORKDIR.value)
+  if _CONFIG.value is None:
+    raise app.UsageError("rar-sweep run needs --config")
   failed = sweeps.run_sweep(
-    args.config,
-    args.workdir,
-    args.mode,
-    execute=args.execute,
-    extra=args.extra,
-    only=args.only,
-    keep_going=args.keep_going,
-    python=args.python,
+    _CONFIG.value,
+    _WORKDIR.value,
+    _MODE.value,
+    execute=_EXECUTE.value,
+    extra=extra,
+    only=_ONLY.value,
+    keep_going=_KEEP_GOING.value,
+    python=_PYTHON.value,
   )
   return 1 if failed else 0
 
 
 def cli() -> None:
-  """Console-script entry point (`rar-sweep`); user errors print one line."""
-  sys.exit(user_errors.call(main))
+  """Console-script entry point (`rar-sweep`)."""
+  startup.run(lambda argv: sys.exit(main(argv)), __name__, multi_process=False)
 
 
 if __name__ == "__main__":

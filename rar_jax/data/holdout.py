@@ -2,7 +2,7 @@
 and recorded in its `metadata.json` (key `validation`), so every job that reads the data set
 agrees on them.
 
-  python -m rar_jax.data.holdout --data_dir=/data/in1k_tokens --count=10000 [--seed=0]
+  rar-holdout --data_dir=/data/in1k_tokens --count=10000 [--seed=0]
 
 Training reads only the other records (`TrainingRecords`); the held-out evaluation reads these
 (`validation_arrays`). An existing split is never replaced: asking for a different one is an
@@ -11,14 +11,12 @@ error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import runpy
 
 import numpy as np
-from absl import app, flags
 
 from rar_jax.data import records
 from rar_jax.data.records import PathLike, TokenRecordSource
-from rar_jax.infra import console, user_errors
 
 
 def choose(num_records: int, count: int, seed: int) -> records.HeldOut:
@@ -102,28 +100,7 @@ def validation_arrays(data_dir: PathLike) -> tuple[np.ndarray, np.ndarray]:
   return tokens, labels
 
 
-def cli() -> None:
-  """`python -m rar_jax.data.holdout`: defines the flags (only here) and runs."""
-  data_dir = flags.DEFINE_string("data_dir", None, "Pretokenized data set (metadata.json).")
-  count = flags.DEFINE_integer("count", None, "Records to hold out.")
-  seed = flags.DEFINE_integer("seed", 0, "Seed that picks them.")
-  flags.mark_flags_as_required(["data_dir", "count"])
-
-  def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    console.setup()
-    meta = add_split(data_dir.value, count.value, seed.value)
-    console.info(
-      "%s: %d of %d records held out (seed %d)",
-      data_dir.value,
-      len(meta.validation.indices),
-      meta.num_records,
-      meta.validation.seed,
-    )
-
-  user_errors.run(main, __name__)
-
-
-if __name__ == "__main__":
-  cli()
+if (
+  __name__ == "__main__"
+):  # `python -m rar_jax.data.holdout` is the command rar_jax.commands.holdout
+  runpy.run_module("rar_jax.commands.holdout", run_name="__main__", alter_sys=True)

@@ -1,6 +1,6 @@
 """Pre-tokenize an image data set into `records` shards + `metadata.json`.
 
-  python -m rar_jax.data.pretokenize --config=configs/pretokenize.py:<source> --output_dir=DIR \
+  rar-pretokenize --config=configs/pretokenize.py:<source> --output_dir=DIR \
       [--config.<key>=<value> ...] [--process_index=I --process_count=N | --distributed]
 
 Sources (`config.source`):
@@ -34,6 +34,7 @@ import concurrent.futures
 import functools
 import json
 import os
+import runpy
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -42,15 +43,14 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import flags, logging
+from absl import logging
 from array_record.python import array_record_module
-from ml_collections import config_flags
 from PIL import Image
 from tqdm import tqdm
 
 from rar_jax import tokenizers
 from rar_jax.data import augment, holdout, records
-from rar_jax.infra import atomic_files, console, distributed, user_errors
+from rar_jax.infra import atomic_files, console
 from rar_jax.tokenizers import vqgan
 from rar_jax.tokenizers.pixel import PixelTokenizer
 
@@ -457,31 +457,7 @@ def ensure_digits(data_dir: str) -> records.DatasetMetadata:
   return holdout.add_split(data_dir, DIGITS_HELD_OUT, seed=0)
 
 
-def cli() -> None:
-  """Console-script entry point (`rar-pretokenize`): defines the flags (only here, so importers keep
-  their own) and runs."""
-  config = config_flags.DEFINE_config_file("config", None, "configs/pretokenize.py:<source>")
-  output_dir = flags.DEFINE_string("output_dir", None, "Where to write shards + metadata.json.")
-  index = flags.DEFINE_integer("process_index", None, "Default: jax.process_index().")
-  count = flags.DEFINE_integer("process_count", None, "Default: jax.process_count().")
-  multihost = flags.DEFINE_bool(
-    "distributed",
-    False,
-    "Join a multi-process run (as RAR_DISTRIBUTED=1; see rar_jax.infra.distributed).",
-  )
-  flags.mark_flags_as_required(["config", "output_dir"])
-
-  def main(argv: Sequence[str]) -> None:
-    del argv
-    console.setup()  # third-party INFO logging off unless --verbosity
-    if multihost.value:
-      os.environ["RAR_DISTRIBUTED"] = "1"
-    distributed.initialize()
-    meta = run(config.value, output_dir.value, process_index=index.value, process_count=count.value)
-    console.info("%s: %d records, %d shards", output_dir.value, meta.num_records, len(meta.shards))
-
-  user_errors.run(main, __name__)
-
-
-if __name__ == "__main__":
-  cli()
+if (
+  __name__ == "__main__"
+):  # `python -m rar_jax.data.pretokenize` is the command rar_jax.commands.pretokenize
+  runpy.run_module("rar_jax.commands.pretokenize", run_name="__main__", alter_sys=True)

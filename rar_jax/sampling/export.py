@@ -4,9 +4,9 @@ An export directory holds `params/` (an Orbax checkpoint of the parameters, floa
 bfloat16) and `export.json` (the model config, the sampling defaults, the tokenizer and the
 image size). `load` restores it onto any mesh with no optimizer state.
 
-  python -m rar_jax.sampling.export --workdir=W [--step=S] --output=O [--dtype=bfloat16]
-  python -m rar_jax.sampling.export --workdir=W --output=rar.bin --format=torch  # state dict
-  python -m rar_jax.sampling.export --official=rar_xl.bin --config=configs/imagenet.py:XL --output=O
+  rar-export --workdir=W [--step=S] --output=O [--dtype=bfloat16]
+  rar-export --workdir=W --output=rar.bin --format=torch  # state dict
+  rar-export --official=rar_xl.bin --config=configs/imagenet.py:XL --output=O
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import runpy
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,14 +22,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
-from absl import app, flags, logging
+from absl import logging
 from etils import epath
 from jax.sharding import Mesh
-from ml_collections import config_flags
 
 from rar_jax import sharding
-from rar_jax.infra import atomic_files, checkpointing, user_errors
-from rar_jax.model import convert, presets, rar
+from rar_jax.infra import atomic_files, checkpointing
+from rar_jax.model import presets, rar
 from rar_jax.model.presets import ModelConfig
 
 EXPORT_FILE = "export.json"
@@ -144,42 +144,7 @@ def params_from_workdir(workdir: str, step: int | None, cfg: ModelConfig, mesh: 
   return params
 
 
-def cli() -> None:
-  """Console-script entry point (`rar-export`): defines the flags (only here, so importers keep
-  their own) and runs."""
-  workdir = flags.DEFINE_string("workdir", None, "Training workdir to export from.")
-  step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-  official = flags.DEFINE_string("official", None, "Official rar_*.bin (or .npz) to import.")
-  config_flag = config_flags.DEFINE_config_file("config", None, "With --official: its config.")
-  output = flags.DEFINE_string("output", None, "Export directory, or a .bin/.npz with torch.")
-  dtype = flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Stored parameter dtype.")
-  fmt = flags.DEFINE_enum("format", "orbax", ["orbax", "torch"], "orbax export or official.")
-  flags.mark_flags_as_required(["output"])
-
-  def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if (workdir.value is None) == (official.value is None):
-      raise app.UsageError("give exactly one of --workdir and --official")
-    if workdir.value:
-      config = checkpointing.read_workdir_config(workdir.value)
-      cfg = presets.resolve(config.model)
-      mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
-      params = params_from_workdir(workdir.value, step.value, cfg, mesh)
-    else:
-      if config_flag.value is None:
-        raise app.UsageError("--official needs --config (the model sizes)")
-      config = config_flag.value
-      cfg = presets.resolve(config.model)
-      params = convert.load_official(official.value, cfg)
-    if fmt.value == "torch":
-      convert.save_official(params, cfg, output.value)
-    else:
-      write(output.value, params, cfg, config, dtype.value)
-    print(f"wrote {output.value}")
-
-  user_errors.run(main, __name__)
-
-
-if __name__ == "__main__":
-  cli()
+if (
+  __name__ == "__main__"
+):  # `python -m rar_jax.sampling.export` is the command rar_jax.commands.export
+  runpy.run_module("rar_jax.commands.export", run_name="__main__", alter_sys=True)

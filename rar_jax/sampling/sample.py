@@ -1,7 +1,7 @@
 """Sample sets for evaluation: N images (default 50,000 = 50 per class, the official protocol)
 from an export, decoded by the tokenizer, as an ADM-evaluator `.npz` plus PNG grids.
 
-  python -m rar_jax.sampling.sample --export=exports/rar_xl --output=samples/rar_xl \
+  rar-sample --export=exports/rar_xl --output=samples/rar_xl \
       --tokenizer_weights=maskgit-vqgan-imagenet-f16-256.bin [--num_samples=50000]
 
 Chunks of `batch_size` images are sampled over all devices of all hosts; each host decodes and
@@ -27,28 +27,23 @@ import io
 import json
 import os
 import re
-import time
+import runpy
 import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
-from absl import flags
 from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from rar_jax import sharding, tokenizers
+from rar_jax import sharding
 from rar_jax.infra import (
   atomic_files,
   checkpoint_integrity,
   console,
-  distributed,
-  host_memory,
   run_config,
-  user_errors,
-  workdir_lease,
 )
 from rar_jax.sampling import decoding, export, images
 
@@ -257,64 +252,7 @@ def assemble(out: epath.Path, num_samples: int, num_classes: int, batch_size: in
   atomic_files.write_bytes(out / GRID_FILE, images.png_bytes(grid))
 
 
-def cli() -> None:
-  """Console-script entry point (`rar-sample`): defines the flags (only here, so importers keep
-  their own) and runs."""
-  export_dir = flags.DEFINE_string("export", None, "Export directory (rar_jax.sampling.export).")
-  output = flags.DEFINE_string("output", None, "Output directory (local or gs://).")
-  num_samples = flags.DEFINE_integer("num_samples", 50_000, "Images to generate.")
-  batch_size = flags.DEFINE_integer("batch_size", 256, "Global images per sampler call.")
-  seed = flags.DEFINE_integer("seed", 42, "Sampling seed.")
-  weights = flags.DEFINE_string("tokenizer_weights", None, "VQGAN weights file (VQGAN exports).")
-  guidance = flags.DEFINE_float("guidance_scale", None, "Default: the export's.")
-  power = flags.DEFINE_float("guidance_power", None, "Default: the export's.")
-  temperature = flags.DEFINE_float("temperature", None, "Default: the export's.")
-  top_k = flags.DEFINE_integer("top_k", 0, "Keep the k most likely codes (0: off, as official).")
-  top_p = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0: off, as official).")
-  window = flags.DEFINE_integer(
-    "speculative_window", 0, "Speculative Jacobi window (0: the plain sampler; same samples law)."
-  )
-  overwrite = flags.DEFINE_bool(
-    "overwrite", False, "Delete a sample set made with other settings in --output, then sample."
-  )
-  flags.mark_flags_as_required(["export", "output"])
-  flags.register_validator("num_samples", lambda v: v > 0, "--num_samples must be positive")
-  flags.register_validator("batch_size", lambda v: v > 0, "--batch_size must be positive")
-
-  def main(argv: list[str]) -> None:
-    console.setup()  # third-party INFO logging off unless --verbosity
-    host_memory.retain_freed_memory()  # before JAX starts its threads
-    del argv
-    distributed.initialize()
-    workdir_lease.hold_for_process(output.value, "sampling")  # until exit: no other writer
-    exp = export.load(export_dir.value)
-    settings = decoding.SamplingConfig.from_group(
-      exp.sampling,
-      guidance_scale=guidance.value,
-      guidance_power=power.value,
-      temperature=temperature.value,
-      top_k=top_k.value,
-      top_p=top_p.value,
-      speculative_window=window.value,
-    )
-    tok_cfg = {**exp.tokenizer, "weights": weights.value or exp.tokenizer.get("weights")}
-    tokenizer = tokenizers.build(tok_cfg, exp.image_size)
-    out = epath.Path(output.value)
-    start = time.perf_counter()
-    generate(
-      *(exp, tokenizer, out, num_samples.value, batch_size.value, seed.value, settings),
-      export_dir=export_dir.value,
-      tokenizer_config=tok_cfg,
-      overwrite=overwrite.value,
-    )
-    multihost_utils.sync_global_devices("rar_jax.sampling.sample: chunks written")
-    if jax.process_index() == 0:
-      assemble(out, num_samples.value, exp.model.num_classes, batch_size.value)
-      rate = num_samples.value / (time.perf_counter() - start)
-      console.info("Wrote %s (%.2f images/s this run)", out / SAMPLES_FILE, rate)
-
-  user_errors.run(main, __name__)
-
-
-if __name__ == "__main__":
-  cli()
+if (
+  __name__ == "__main__"
+):  # `python -m rar_jax.sampling.sample` is the command rar_jax.commands.sample
+  runpy.run_module("rar_jax.commands.sample", run_name="__main__", alter_sys=True)

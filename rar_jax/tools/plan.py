@@ -1,9 +1,9 @@
 """Capacity planner: will this config fit, and how long will it train, before renting chips?
 
-  python -m rar_jax.tools.plan --config=configs/imagenet.py:XL --topology=v5p-128
-  python -m rar_jax.tools.plan --config=configs/imagenet.py:XXL --topology=v6e-64 \
+  rar-plan --config=configs/imagenet.py:XL --topology=v5p-128
+  rar-plan --config=configs/imagenet.py:XXL --topology=v6e-64 \
       --config.model.remat_policy=full --config.mesh.shape='(-1,4,1)'
-  python -m rar_jax.tools.plan --config=configs/imagenet.py:B --devices=8 --chip=h100 --mfu=0.4
+  rar-plan --config=configs/imagenet.py:B --devices=8 --chip=h100 --mfu=0.4
 
 It compiles the real train step (train_step.jit_train_step, the same shardings as training) for
 the target number of devices, simulated on the host CPU (XLA_FLAGS
@@ -24,25 +24,32 @@ import json
 import math
 import os
 import re
-import sys
+import runpy
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 from rar_jax import sharding
-from rar_jax.infra import atomic_files, user_errors
+from rar_jax.infra import atomic_files
 from rar_jax.infra.chips import CHIPS, GIB, Chip, chip_by_name, parse_topology
 from rar_jax.model.presets import ModelConfig
 from rar_jax.tools import tpu_compiler
 from rar_jax.training import metrics, optim, train, train_state, train_step
 
 
-def _flag_value(argv: list[str], name: str) -> str | None:
+def parse_target(topology: str) -> tuple[Chip, int, tuple[int, ...] | None]:
+  """(chip, chips, libtpu slice dims or None) of "v5p-128" (Cloud TPU names) or "v5p:4x4x4"."""
+  if ":" in topology:
+    chip, dims = tpu_compiler.parse_slice(topology)
+    return chip, math.prod(dims), dims
+  chip, count = parse_topology(topology)
+  return chip, count, None
+
+
+def flag_value(argv: list[str], name: str) -> str | None:
   """The last value of --name=V or --name V in argv (before absl parses anything)."""
   value = None
   for i, arg in enumerate(argv):
@@ -53,29 +60,21 @@ def _flag_value(argv: list[str], name: str) -> str | None:
   return value
 
 
-def _requested_devices(argv: list[str]) -> int | None:
-  devices = _flag_value(argv, "devices")
-  if devices:
+def requested_devices(argv: list[str]) -> int | None:
+  """The device count that --devices or --topology ask for, read before jax starts."""
+  devices = flag_value(argv, "devices")
+  if devices and devices.isdigit():
     return int(devices)
-  topology = _flag_value(argv, "topology")
+  topology = flag_value(argv, "topology")
   if topology:
     try:
-      return _parse(topology)[1]
+      return parse_target(topology)[1]
     except ValueError:
       return None  # reported properly once the flags are parsed
   return None
 
 
-def _parse(topology: str) -> tuple[Chip, int, tuple[int, ...] | None]:
-  """(chip, chips, libtpu slice dims or None) of "v5p-128" (Cloud TPU names) or "v5p:4x4x4"."""
-  if ":" in topology:
-    chip, dims = tpu_compiler.parse_slice(topology)
-    return chip, math.prod(dims), dims
-  chip, count = parse_topology(topology)
-  return chip, count, None
-
-
-def _simulate_host_devices(count: int) -> None:
+def simulate_host_devices(count: int) -> None:
   """Makes the CPU backend expose `count` devices; must run before jax's backend initialises
   (importing jax is fine: XLA reads its flags when the first backend is created)."""
   flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
@@ -430,41 +429,19 @@ def to_json(a: Analysis, e: Estimate, topology: str | None) -> dict[str, Any]:
   }
 
 
-def _define_flags(argv: list[str]) -> flags.FlagValues:
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file(
-    "config", None, "Config file and argument, e.g. configs/imagenet.py:XL.",
-    flag_values=values, lock_config=True, sys_argv=argv,
-  )  # fmt: skip
-  flags.DEFINE_integer("devices", None, "Chips (JAX devices) to plan for.", flag_values=values)
-  flags.DEFINE_string(
-    "topology", None,
-    "e.g. v5p-128 (64 chips), v6e-64, v5litepod-16, h100-8, or a libtpu slice v5p:4x4x4.",
-    flag_values=values,
-  )  # fmt: skip
-  flags.DEFINE_integer(
-    "num_slices", 1, "TPU slices of --topology (multislice; sets mesh.dcn_data).",
-    flag_values=values,
-  )  # fmt: skip
-  flags.DEFINE_enum(
-    "compiler", "auto", ["auto", "tpu", "cpu"],
-    "auto: the TPU compiler for TPU chips when libtpu is installed, else the XLA:CPU stand-in.",
-    flag_values=values,
-  )  # fmt: skip
-  flags.DEFINE_string(
-    "chip", None, f"One of {sorted(CHIPS)}; default from --topology, else {DEFAULT_CHIP}.",
-    flag_values=values,
-  )  # fmt: skip
-  flags.DEFINE_float(
-    "mfu", 0.5, "Model FLOPs utilisation assumed for the time.", flag_values=values
-  )
-  flags.DEFINE_float("hbm_gib", None, "Override the chip's HBM (GiB).", flag_values=values)
-  flags.DEFINE_bool(
-    "xla_flops", True, "Also count FLOPs with XLA (2 extra small compiles when scanned).",
-    flag_values=values,
-  )  # fmt: skip
-  flags.DEFINE_string("json_out", None, "Also write the numbers as JSON here.", flag_values=values)
-  return values
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What to plan for (`rar-plan`'s flags): the target, the assumed MFU and the outputs."""
+
+  topology: str | None = None  # e.g. v5p-128, v6e-64, h100-8, or a libtpu slice v5p:4x4x4
+  devices: int | None = None  # chips (JAX devices); default from topology
+  num_slices: int = 1  # TPU slices of topology (multislice; sets mesh.dcn_data)
+  compiler: str = "auto"  # auto: the TPU compiler for TPU chips when libtpu is there; tpu; cpu
+  chip: str | None = None  # default from topology, else DEFAULT_CHIP
+  mfu: float = 0.5  # model FLOPs utilisation assumed for the time
+  hbm_gib: float | None = None  # overrides the chip's HBM
+  xla_flops: bool = True  # also count FLOPs with XLA (2 extra small compiles when scanned)
+  json_out: str | None = None  # also write the numbers as JSON here
 
 
 class DoesNotFit(Exception):
@@ -509,17 +486,18 @@ def _target_devices(
   return available[:total]
 
 
-def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
-  """Parses argv (argv[0] is the program), compiles, and returns the analysis and report."""
-  argv = list(argv)
-  values = _define_flags(argv)
-  values(argv)
-  if values.config is None:
-    raise ValueError("give --config=<file>[:<arg>], e.g. --config=configs/imagenet.py:XL")
+def run(config: Any, config_name: str, values: Options) -> tuple[Analysis, Estimate, str]:
+  """Compiles `config` (named `config_name` in the report) for the target of `values`; returns
+  the analysis, the estimate and the printed report.
+
+  Raises:
+    ValueError: a bad or contradictory option, naming its flag.
+    DoesNotFit: the TPU compiler refused the program (its message and the report's text).
+  """
   topology = values.topology
   chip, count, dims = (None, None, None)
   if topology:
-    chip, count, dims = _parse(topology)
+    chip, count, dims = parse_target(topology)
   if values.chip:
     named = chip_by_name(values.chip)
     if chip is not None and named.name != chip.name:
@@ -534,11 +512,10 @@ def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
     raise ValueError("give --devices=N or --topology=<chip>-<N>")
   if not 0 < values.mfu <= 1:
     raise ValueError(f"--mfu must be in (0, 1], got {values.mfu}")
-  _set_slices(values.config, values.num_slices)
+  _set_slices(config, values.num_slices)
   devices = _target_devices(values.compiler, chip, count, dims, values.num_slices)
-  config_name = _flag_value(argv, "config") or ""
   try:
-    analysis = analyze(values.config, devices, config_name, values.xla_flops)
+    analysis = analyze(config, devices, config_name, values.xla_flops)
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -557,29 +534,6 @@ def run(argv: Sequence[str]) -> tuple[Analysis, Estimate, str]:
   return analysis, est, text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv if argv is None else argv)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-    print(__doc__)
-    print(_define_flags(argv[:1]).get_help())
-    return 0
-  try:  # a bad flag or value is printed in one line by user_errors.call
-    _, est, text = run(argv)
-  except DoesNotFit as e:
-    print(e)
-    return 1
-  del est
-  print(text)
-  return 0
-
-
-def cli() -> None:
-  """Console-script entry point (`rar-plan`): simulates the requested devices, then runs."""
-  count = _requested_devices(sys.argv[1:])
-  if count:
-    _simulate_host_devices(count)
-  sys.exit(user_errors.call(main))
-
-
+# `python -m rar_jax.tools.plan` runs the command rar_jax.commands.plan.
 if __name__ == "__main__":
-  cli()
+  runpy.run_module("rar_jax.commands.plan", run_name="__main__", alter_sys=True)

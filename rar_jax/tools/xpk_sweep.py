@@ -1,6 +1,6 @@
 """The runs of a sweep as XPK workloads: one per point, named from the point.
 
-  python -m rar_jax.tools.xpk_sweep --config=configs/imagenet.py:L --workdir=gs://b/anneal \
+  python -m rar_jax.commands.xpk_sweep --config=configs/imagenet.py:L --workdir=gs://b/anneal \
       --prefix=rar-anneal [-- --config.data.dir=/gcs/b/tokens]
 
 prints, for each point of the config's `get_hyper` (expanded, named and validated by
@@ -10,11 +10,8 @@ then the `rar_jax.main` arguments of the run. `launch/xpk.sh sweep` reads these 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
-import shlex
-import sys
 from collections.abc import Sequence
 
 from rar_jax.tools import sweeps
@@ -78,23 +75,3 @@ def workloads(
   if len(set(names)) != len(names):
     raise ValueError(f"sweep points give the same workload name: {names}")
   return [(name, run.main_args) for name, run in zip(names, runs, strict=True)]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m rar_jax.tools.xpk_sweep")
-  parser.add_argument("--config", required=True, help="config file[:arg] with get_hyper")
-  parser.add_argument("--workdir", required=True, help="base workdir (gs://...)")
-  parser.add_argument("--prefix", required=True, help="workload names start with this")
-  parser.add_argument("extra", nargs="*", help="after --: more rar_jax.main args for every run")
-  args = parser.parse_args(argv)
-  try:
-    for name, main_args in workloads(args.config, args.workdir, args.prefix, args.extra):
-      print(shlex.join([name, *main_args]))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"xpk_sweep: {e}", file=sys.stderr)
-    return 2
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -5,19 +5,22 @@ import os
 import jax
 import pytest
 
+from configs import digits
 from rar_jax.infra import chips
 from rar_jax.tools import plan, tpu_compiler
 
-ARGV = [
-  "plan",
-  "--config=configs/digits.py",
-  "--devices=8",
-  "--chip=v5e",
-  "--hbm_gib=0.0001",
-  "--compiler=cpu",  # the XLA:CPU stand-in (tests/tools/test_tpu_compile.py plans with libtpu)
-  # Unrolled, so the one compile also gives XLA's FLOP count (a scanned config needs two more).
-  "--config.model.scan_layers=False",
-]
+
+def plan_digits(overrides: dict | None = None, **options):
+  """The planner on configs/digits.py with config overrides (flattened keys) and options."""
+  config = digits.get_config()
+  config.update_from_flattened_dict(overrides or {})
+  return plan.run(config, "configs/digits.py", plan.Options(**options))
+
+
+# The XLA:CPU stand-in (tests/tools/test_tpu_compile.py plans with libtpu); unrolled, so the one
+# compile also gives XLA's FLOP count (a scanned config needs two more).
+OPTIONS = dict(devices=8, chip="v5e", hbm_gib=0.0001, compiler="cpu")
+OVERRIDES = {"model.scan_layers": False}
 
 
 @pytest.mark.parametrize(
@@ -46,14 +49,14 @@ def test_parse_topology_rejects(bad):
 
 
 def test_requested_devices_from_argv():
-  assert plan._requested_devices(["--config=x", "--topology=v5p-128"]) == 64
-  assert plan._requested_devices(["--devices", "16"]) == 16
-  assert plan._requested_devices(["--config=x"]) is None
+  assert plan.requested_devices(["--config=x", "--topology=v5p-128"]) == 64
+  assert plan.requested_devices(["--devices", "16"]) == 16
+  assert plan.requested_devices(["--config=x"]) is None
 
 
 @pytest.fixture(scope="module")
 def planned():
-  return plan.run(ARGV)
+  return plan_digits(OVERRIDES, **OPTIONS)
 
 
 @pytest.mark.slow
@@ -90,23 +93,20 @@ def test_plan_memory_flops_and_verdicts(planned):
 
 def test_plan_rejects_bad_arguments():
   with pytest.raises(ValueError, match="contradicts"):
-    plan.run(["plan", "--config=configs/digits.py", "--topology=v5p-16", "--chip=v6e"])
+    plan_digits(topology="v5p-16", chip="v6e")
   with pytest.raises(ValueError, match="is 8 chips"):
-    plan.run(["plan", "--config=configs/digits.py", "--topology=v5p-16", "--devices=4"])
+    plan_digits(topology="v5p-16", devices=4)
   with pytest.raises(RuntimeError, match="devices requested"):
-    plan.run(["plan", "--config=configs/digits.py", "--devices=64", "--compiler=cpu"])
+    plan_digits(devices=64, compiler="cpu")
   with pytest.raises(ValueError, match="chip 'h100' has no TPU compiler target"):
-    plan.run(["plan", "--config=configs/digits.py", "--topology=h100-8", "--compiler=tpu"])
+    plan_digits(topology="h100-8", compiler="tpu")
   with pytest.raises(ValueError, match="--num_slices=2 contradicts --config.mesh.dcn_data=4"):
-    plan.run(
-      ["plan", "--config=configs/digits.py", "--topology=v5p-8", "--num_slices=2"]
-      + ["--config.mesh.dcn_data=4"]
-    )
+    plan_digits({"mesh.dcn_data": 4}, topology="v5p-8", num_slices=2)
 
 
 def test_simulated_device_flags(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1 --xla_force_host_platform_device_count=8")
-  plan._simulate_host_devices(64)
+  plan.simulate_host_devices(64)
   assert os.environ["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=64"
   assert jax.config.jax_platforms == "cpu"  # the planner compiles on simulated CPU devices
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import digits
 from rar_jax import sharding
 from rar_jax.infra import chips
 from rar_jax.model import rar
@@ -64,10 +65,13 @@ def _compile_step(slice_name, shape, **changes):
 def planned(tmp_path_factory):
   """The planner on the scanned step with remat dots, (2, 2, 1) on v5p:2x2x1."""
   out = tmp_path_factory.mktemp("plan") / "plan.json"
-  argv = ["plan", "--config=configs/digits.py", "--topology=v5p:2x2x1", "--noxla_flops"]
-  argv += [f"--json_out={out}", "--config.mesh.shape=(2,2,1)", "--config.train.global_batch=8"]
-  argv += ["--config.model.scan_layers=True", "--config.model.remat_policy=dots"]
-  analysis, _, text = plan.run(argv)
+  config = digits.get_config()
+  config.update_from_flattened_dict(
+    {"mesh.shape": (2, 2, 1), "train.global_batch": 8, "model.scan_layers": True}
+    | {"model.remat_policy": "dots"}
+  )
+  options = plan.Options(topology="v5p:2x2x1", xla_flops=False, json_out=str(out))
+  analysis, _, text = plan.run(config, "configs/digits.py", options)
   return analysis, text, json.loads(out.read_text())
 
 
