@@ -19,17 +19,16 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from configs import common
 from rar_jax import sharding
 from rar_jax.model import rar
 from rar_jax.model.presets import ModelConfig
 from rar_jax.sampling import decoding
 from rar_jax.training import optim, train_state, train_step
 
-# A fixed optimizer for compile-only programs (its values do not change the program).
-OPTIM = dict(
-  lr=1e-4, end_lr=1e-5, warmup_steps=10, b1=0.9, b2=0.96, eps=1e-8, weight_decay=0.03,
-  grad_clip_norm=1.0,
-)  # fmt: skip
+# The official recipe's optimizer and step count (configs/common.py, the one source of
+# defaults); its values do not change the compiled program.
+RECIPE = common.base_config()
 MEMORY_KEYS = ("argument", "output", "alias", "temp", "generated_code")
 
 
@@ -37,7 +36,7 @@ def train_program(cfg: ModelConfig, mesh: Mesh, batch: int) -> tuple[Any, Any]:
   """The real train step compiled for `mesh` on abstract inputs: (compiled, abstract state).
   The abstract state is built outside `sharding.activate` (optax inits run eagerly on the
   default backend)."""
-  tx, schedule = optim.make_optimizer(OPTIM, cfg, 1000)
+  tx, schedule = optim.make_optimizer(RECIPE.optim, cfg, RECIPE.train.steps)
   abstract = train_state.abstract_state(cfg, tx, mesh, sharding.LOGICAL_RULES)
   sc = train_step.StepConfig(cfg, 0, 500, 0.1)
   return train_step.compile_train_step(sc, tx, schedule, mesh, abstract, batch)[0], abstract

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import digits
+from configs import common, digits
 from rar_jax import sharding
 from rar_jax.infra import chips
 from rar_jax.model import rar
@@ -40,10 +40,7 @@ CFG = ModelConfig(
   dtype="bfloat16", attention_blocks=2,
 )  # fmt: skip
 BATCH = 8
-OPTIM = dict(
-  lr=1e-4, end_lr=1e-5, warmup_steps=10, b1=0.9, b2=0.96, eps=1e-8, weight_decay=0.03,
-  grad_clip_norm=1.0,
-)  # fmt: skip
+RECIPE = common.base_config()  # the official optimizer (configs/common.py)
 
 
 def _mesh(slice_name: str, shape: tuple[int, int, int]):
@@ -54,7 +51,7 @@ def _mesh(slice_name: str, shape: tuple[int, int, int]):
 def _compile_step(slice_name, shape, **changes):
   cfg = ModelConfig(**{**CFG.__dict__, **changes})
   mesh = _mesh(slice_name, shape)
-  tx, schedule = optim.make_optimizer(OPTIM, cfg, 100)
+  tx, schedule = optim.make_optimizer(RECIPE.optim, cfg, RECIPE.train.steps)
   abstract = train_state.abstract_state(cfg, tx, mesh, sharding.LOGICAL_RULES)  # outside activate
   sc = train_step.StepConfig(cfg, 0, 50, 0.1)
   compiled = train_step.compile_train_step(sc, tx, schedule, mesh, abstract, BATCH)[0]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tests
+from configs import common
 from rar_jax import sharding
 from rar_jax.data import pipeline
 from rar_jax.infra import checkpointing
@@ -34,16 +35,7 @@ def test_one_step_is_the_same_on_every_mesh():
   cfg = presets.resolve(
     dict(width=32, depth=2, heads=4, mlp_dim=64, seq_len=16, codebook_size=32, num_classes=10)
   )
-  optim_cfg = dict(
-    lr=1e-3,
-    end_lr=1e-5,
-    warmup_steps=2,
-    b1=0.9,
-    b2=0.96,
-    eps=1e-8,
-    weight_decay=0.03,
-    grad_clip_norm=1.0,
-  )
+  optim_cfg = {**common.base_config().optim, "lr": 1e-3, "warmup_steps": 2}
   tx, schedule = optim.make_optimizer(optim_cfg, cfg, 10)
   sc = train_step.StepConfig(cfg, 0, 10, 0.1)
   rng = np.random.default_rng(0)
