@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import importlib.util
 import json
 import os
 import runpy
@@ -60,33 +61,31 @@ PLAN_FILENAME = "pretokenize_plan.json"
 CONTENT_KEYS = (
   "source path tfds_name data_dir split augmentation image_size records_per_shard tokenizer jsonl"
 ).split()
+# The defaults: configs/pretokenize.py at the repository root, beside this package.
+CONFIG_FILE = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  "configs",
+  "pretokenize.py",
+)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def make_config(source: str = "imagenet_tfds") -> ml_collections.ConfigDict:
-  """Default config for one of SOURCES (see configs/pretokenize.py for the keys)."""
-  if source not in SOURCES:
-    raise ValueError(f"unknown source {source!r}; use one of {list(SOURCES)}")
-  c = ml_collections.ConfigDict()
-  c.source = source
-  c.path = ml_collections.config_dict.placeholder(str)
-  c.tfds_name = "imagenet2012"
-  c.data_dir = ml_collections.config_dict.placeholder(str)
-  c.split = "train"
-  c.augmentation = "ten_crop"
-  c.image_size = 256
-  c.batch_size = 256
-  c.records_per_shard = 100_000 if source == "jsonl" else 10_000
-  c.num_workers = 16
-  c.wait_timeout_s = 24 * 3600.0
-  c.tokenizer = tokenizers.default_config("vqgan")
-  c.jsonl = ml_collections.ConfigDict(
-    dict(seq_len=256, codebook_size=1024, num_classes=1000, tokenizer_name="maskgit-vqgan-f16-256")
-  )
-  if source == "digits":
-    c.augmentation, c.image_size, c.records_per_shard = "none", 8, 1000
-    c.tokenizer.kind = "pixel"
-  return c
+  """The default config of one of SOURCES, as CONFIG_FILE (configs/pretokenize.py, which lists
+  the keys) declares it: that file is the one source of the defaults.
+
+  Raises:
+    FileNotFoundError: no configs/pretokenize.py beside the package (not a checkout or the image).
+    ValueError: an unknown source.
+  """
+  if not os.path.isfile(CONFIG_FILE):
+    raise FileNotFoundError(
+      f"{CONFIG_FILE} not found: the pretokenize defaults live in the repository's configs/"
+    )
+  spec = importlib.util.spec_from_file_location("_rar_jax_pretokenize_config", CONFIG_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(source)
 
 
 # ---------------------------------------------------------------------------------------------
