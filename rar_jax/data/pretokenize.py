@@ -47,7 +47,6 @@ import tensorflow_datasets as tfds
 from absl import logging
 from array_record.python import array_record_module
 from PIL import Image
-from tqdm import tqdm
 
 from rar_jax import tokenizers
 from rar_jax.data import augment, holdout, records
@@ -277,7 +276,9 @@ def _encode(tokenizer: Any, crops: np.ndarray, batch: int) -> np.ndarray:
   return np.asarray(tokenizer.encode(padded))[: len(images)]
 
 
-def _write_image_shard(source, tokenizer, aug, batch_size, pool, spec, path, items, bar) -> None:
+def _write_image_shard(
+  source, tokenizer, aug, batch_size, pool, spec, path, items, progress: console.Progress
+) -> None:
   """Loads and crops source items in the pool, tokenizes them batch by batch, writes records."""
   size = tokenizer.image_size
   per_step = max(1, batch_size // aug.num_crops)  # source items per tokenizer call
@@ -295,14 +296,16 @@ def _write_image_shard(source, tokenizer, aug, batch_size, pool, spec, path, ite
       labels = np.repeat([label for _, label in loaded], aug.num_crops)
       for row, label in zip(codes, labels, strict=True):
         writer.write(row, int(label))
-      bar.update(len(loaded))
+      progress.advance(len(loaded))
 
 
-def _write_jsonl_shard(source: JsonlSource, path: str, items: range, bar) -> None:
+def _write_jsonl_shard(
+  source: JsonlSource, path: str, items: range, progress: console.Progress
+) -> None:
   with records.ShardWriter(path, source.spec) as writer:
     for tokens, label in source.read(items.start, items.stop):
       writer.write(tokens, label)
-      bar.update(1)
+      progress.advance(1)
 
 
 def _num_records(path: str) -> int:
@@ -377,9 +380,9 @@ def _write_mine(write, paths: list[str], shards: list[range], index: int, count:
   todo = [s for s in mine if not records.shard_is_complete(paths[s])]
   console.info("%d shards; host %d writes %d of its %d", len(shards), index, len(todo), len(mine))
   total = sum(len(shards[s]) for s in todo)
-  with tqdm(total=total, unit="item", desc=f"host {index}", smoothing=0.1) as bar:
-    for s in todo:
-      write(paths[s], shards[s], bar)
+  progress = console.Progress(total, f"host {index}: items")
+  for s in todo:
+    write(paths[s], shards[s], progress)
 
 
 def _count_shards(paths: Sequence[str], shards: Sequence[range], crops: int) -> list:
