@@ -1,7 +1,8 @@
 """Every repository path and rar_jax module that the docs name exists.
 
-Scanned: README.md, docs/**/*.md and the module docstrings under rar_jax/, configs/, launch/ and
-tests/. A reference is
+Scanned: README.md, docs/**/*.md, the module docstrings and comments of the Python files under
+rar_jax/, configs/, launch/ and tests/, and the comments of launch/*.sh and the Dockerfile.
+A reference is
   - a path under one of ROOTS (`rar_jax/model/rar.py`, `docs/guides/tpu.md#anchor`,
     `tests/testdata/*.npz`: globs must match something), not inside a longer path or a URL
     (`gs://b/docs/x`, `https://.../configs/y` and `workdirs/...` are not checked);
@@ -13,8 +14,10 @@ tests/. A reference is
 
 import ast
 import functools
+import io
 import pathlib
 import re
+import tokenize
 
 import pytest
 
@@ -29,16 +32,32 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 MODULE = re.compile(r"(?<![\w/.-])(rar_jax(?:\.\w+)+)")
 
 
+def _python_prose(source: str, name: str) -> str:
+  """A Python file's module docstring and comments (not its code: strings there are data)."""
+  comments = [
+    token.string
+    for token in tokenize.generate_tokens(io.StringIO(source).readline)
+    if token.type == tokenize.COMMENT
+  ]
+  return "\n".join([ast.get_docstring(ast.parse(source, name)) or "", *comments])
+
+
+def _shell_comments(source: str) -> str:
+  return "\n".join(line for line in source.splitlines() if line.lstrip().startswith("#"))
+
+
 def documents() -> dict[str, str]:
-  """Repository-relative name -> text: the Markdown docs and the module docstrings."""
+  """Repository-relative name -> text: the Markdown docs, the Python files' docstrings and
+  comments, the shell scripts' and the Dockerfile's comments."""
   docs = {"README.md": (ROOT / "README.md").read_text()}
   for path in sorted((ROOT / "docs").rglob("*.md")):
     docs[str(path.relative_to(ROOT))] = path.read_text()
   for folder in ("rar_jax", "configs", "launch", "tests"):
     for path in sorted((ROOT / folder).rglob("*.py")):
-      docstring = ast.get_docstring(ast.parse(path.read_text(), str(path)))
-      if docstring:
-        docs[str(path.relative_to(ROOT))] = docstring
+      if path != pathlib.Path(__file__).resolve():  # its own examples name stale paths
+        docs[str(path.relative_to(ROOT))] = _python_prose(path.read_text(), str(path))
+  for path in [*sorted((ROOT / "launch").glob("*.sh")), ROOT / "Dockerfile"]:
+    docs[str(path.relative_to(ROOT))] = _shell_comments(path.read_text())
   return docs
 
 
@@ -120,7 +139,9 @@ def test_the_checker_finds_stale_and_accepts_real_references():
   assert len(refs) == 9, refs
 
 
-@pytest.mark.parametrize("name", ["README.md", "docs/architecture.md"])
+@pytest.mark.parametrize(
+  "name", ["README.md", "docs/architecture.md", "rar_jax/model/convert.py", "launch/local.sh"]
+)
 def test_the_main_documents_are_scanned(name):
   assert name in documents()
 
