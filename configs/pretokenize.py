@@ -35,9 +35,35 @@ Keys:
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
-from rar_jax.data import pretokenize
+from rar_jax import tokenizers
+from rar_jax.data.pretokenize import SOURCES
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return pretokenize.make_config(arg or "imagenet_tfds")
+  """The defaults for source `arg` (default imagenet_tfds): the one place they are written
+  (`rar_jax.data.pretokenize.make_config` reads them from here)."""
+  source = arg or "imagenet_tfds"
+  if source not in SOURCES:
+    raise ValueError(f"unknown source {source!r}; use one of {list(SOURCES)}")
+  c = ml_collections.ConfigDict()
+  c.source = source
+  c.path = placeholder(str)
+  c.tfds_name = "imagenet2012"
+  c.data_dir = placeholder(str)
+  c.split = "train"
+  c.augmentation = "ten_crop"
+  c.image_size = 256
+  c.batch_size = 256
+  c.records_per_shard = 100_000 if source == "jsonl" else 10_000
+  c.num_workers = 16
+  c.wait_timeout_s = 24 * 3600.0
+  c.tokenizer = tokenizers.default_config("vqgan")
+  c.jsonl = ml_collections.ConfigDict(
+    dict(seq_len=256, codebook_size=1024, num_classes=1000, tokenizer_name="maskgit-vqgan-f16-256")
+  )
+  if source == "digits":
+    c.augmentation, c.image_size, c.records_per_shard = "none", 8, 1000
+    c.tokenizer.kind = "pixel"
+  return c

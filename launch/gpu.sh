@@ -18,7 +18,7 @@ root=$(pwd)
 
 # XLA flags of the training job (JAX's and NVIDIA's GPU performance guides: overlap and combine
 # collectives, pipeline them over the scanned layers). Every one is a flag of the pinned jaxlib
-# (tests/test_launch.py checks). Set XLA_FLAGS to replace them, or to "" for none.
+# (tests/launch/test_launch.py checks). Set XLA_FLAGS to replace them, or to "" for none.
 default_xla_flags="--xla_gpu_enable_latency_hiding_scheduler=true \
 --xla_gpu_all_reduce_combine_threshold_bytes=134217728 \
 --xla_gpu_all_gather_combine_threshold_bytes=134217728 \

@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 
 venv="${RAR_VENV:-.venv}"
 extras="test"
-# The tests also compile for TPU slices with the real TPU compiler (tests/test_tpu_compile.py):
-# the [tpu] extra brings libtpu at setup.cfg's jax pin; it runs on a CPU-only machine too.
+# The tests also compile for TPU slices with the real TPU compiler
+# (tests/tools/test_tpu_compile.py): the [tpu] extra brings libtpu at setup.cfg's jax pin; it
+# runs on a CPU-only machine too.
 [[ "${1:-train}" == test ]] && extras="test,tpu"
 stamp="$venv/.rar_jax-installed-$extras"
 if [[ ! -x "$venv/bin/python" ]]; then

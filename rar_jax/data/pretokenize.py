@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import importlib.util
 import json
 import os
 import runpy
@@ -46,7 +47,6 @@ import tensorflow_datasets as tfds
 from absl import logging
 from array_record.python import array_record_module
 from PIL import Image
-from tqdm import tqdm
 
 from rar_jax import tokenizers
 from rar_jax.data import augment, holdout, records
@@ -60,33 +60,31 @@ PLAN_FILENAME = "pretokenize_plan.json"
 CONTENT_KEYS = (
   "source path tfds_name data_dir split augmentation image_size records_per_shard tokenizer jsonl"
 ).split()
+# The defaults: configs/pretokenize.py at the repository root, beside this package.
+CONFIG_FILE = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  "configs",
+  "pretokenize.py",
+)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def make_config(source: str = "imagenet_tfds") -> ml_collections.ConfigDict:
-  """Default config for one of SOURCES (see configs/pretokenize.py for the keys)."""
-  if source not in SOURCES:
-    raise ValueError(f"unknown source {source!r}; use one of {list(SOURCES)}")
-  c = ml_collections.ConfigDict()
-  c.source = source
-  c.path = ml_collections.config_dict.placeholder(str)
-  c.tfds_name = "imagenet2012"
-  c.data_dir = ml_collections.config_dict.placeholder(str)
-  c.split = "train"
-  c.augmentation = "ten_crop"
-  c.image_size = 256
-  c.batch_size = 256
-  c.records_per_shard = 100_000 if source == "jsonl" else 10_000
-  c.num_workers = 16
-  c.wait_timeout_s = 24 * 3600.0
-  c.tokenizer = tokenizers.default_config("vqgan")
-  c.jsonl = ml_collections.ConfigDict(
-    dict(seq_len=256, codebook_size=1024, num_classes=1000, tokenizer_name="maskgit-vqgan-f16-256")
-  )
-  if source == "digits":
-    c.augmentation, c.image_size, c.records_per_shard = "none", 8, 1000
-    c.tokenizer.kind = "pixel"
-  return c
+  """The default config of one of SOURCES, as CONFIG_FILE (configs/pretokenize.py, which lists
+  the keys) declares it: that file is the one source of the defaults.
+
+  Raises:
+    FileNotFoundError: no configs/pretokenize.py beside the package (not a checkout or the image).
+    ValueError: an unknown source.
+  """
+  if not os.path.isfile(CONFIG_FILE):
+    raise FileNotFoundError(
+      f"{CONFIG_FILE} not found: the pretokenize defaults live in the repository's configs/"
+    )
+  spec = importlib.util.spec_from_file_location("_rar_jax_pretokenize_config", CONFIG_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +276,9 @@ def _encode(tokenizer: Any, crops: np.ndarray, batch: int) -> np.ndarray:
   return np.asarray(tokenizer.encode(padded))[: len(images)]
 
 
-def _write_image_shard(source, tokenizer, aug, batch_size, pool, spec, path, items, bar) -> None:
+def _write_image_shard(
+  source, tokenizer, aug, batch_size, pool, spec, path, items, progress: console.Progress
+) -> None:
   """Loads and crops source items in the pool, tokenizes them batch by batch, writes records."""
   size = tokenizer.image_size
   per_step = max(1, batch_size // aug.num_crops)  # source items per tokenizer call
@@ -296,14 +296,16 @@ def _write_image_shard(source, tokenizer, aug, batch_size, pool, spec, path, ite
       labels = np.repeat([label for _, label in loaded], aug.num_crops)
       for row, label in zip(codes, labels, strict=True):
         writer.write(row, int(label))
-      bar.update(len(loaded))
+      progress.advance(len(loaded))
 
 
-def _write_jsonl_shard(source: JsonlSource, path: str, items: range, bar) -> None:
+def _write_jsonl_shard(
+  source: JsonlSource, path: str, items: range, progress: console.Progress
+) -> None:
   with records.ShardWriter(path, source.spec) as writer:
     for tokens, label in source.read(items.start, items.stop):
       writer.write(tokens, label)
-      bar.update(1)
+      progress.advance(1)
 
 
 def _num_records(path: str) -> int:
@@ -378,9 +380,9 @@ def _write_mine(write, paths: list[str], shards: list[range], index: int, count:
   todo = [s for s in mine if not records.shard_is_complete(paths[s])]
   console.info("%d shards; host %d writes %d of its %d", len(shards), index, len(todo), len(mine))
   total = sum(len(shards[s]) for s in todo)
-  with tqdm(total=total, unit="item", desc=f"host {index}", smoothing=0.1) as bar:
-    for s in todo:
-      write(paths[s], shards[s], bar)
+  progress = console.Progress(total, f"host {index}: items")
+  for s in todo:
+    write(paths[s], shards[s], progress)
 
 
 def _count_shards(paths: Sequence[str], shards: Sequence[range], crops: int) -> list:

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rar_jax.infra import torch_io
+from rar_jax.infra import torch_convert
 
 Array = jax.Array
 Variables = dict[str, Any]  # {"params": ..., "batch_stats": ...}
@@ -65,6 +65,7 @@ NUM_CLASSES = 1008  # the graph's classifier rows
 POOL_DIM = 2048  # pool_3 features
 SPATIAL_CHANNELS = 7
 SPATIAL_DIM = SPATIAL_CHANNELS * 17 * 17  # 2023 at the 299 x 299 input
+WHAT = "Inception state dict"  # how the errors name the weights
 
 
 class InceptionFeatures(NamedTuple):
@@ -457,9 +458,8 @@ def _e(prefix: str, cin: int) -> Shapes:
   )
 
 
-def official_shapes() -> Shapes:
-  """Every key of the pytorch-fid FID Inception state dict with its torch shape (conv weights
-  (out, in, kh, kw)). BatchNorm `num_batches_tracked` counters are optional and ignored."""
+def _official_shapes() -> Shapes:
+  """Every key of the pytorch-fid FID Inception state dict with its torch shape."""
   s = _block(
     "",
     [
@@ -506,38 +506,52 @@ _BN_LEAVES = {
 }
 
 
+def _tensor(key: str, shape: tuple[int, ...]) -> torch_convert.Tensor:
+  """Where the torch tensor `key` goes in the Flax variables (the module names are the
+  torchvision ones): a conv kernel, a BatchNorm scale/bias/statistic, or the transposed fc."""
+  *mods, layer, leaf = key.split(".")
+  if layer == "fc":
+    if leaf == "bias":
+      return torch_convert.Tensor(shape, ("params", "fc", "bias"))
+    transpose = torch_convert.transpose
+    return torch_convert.Tensor(shape, ("params", "fc", "kernel"), transpose, transpose)
+  if layer == "conv":
+    return torch_convert.conv(shape, ("params", *mods, "conv", "kernel"))
+  collection, name = _BN_LEAVES[leaf]
+  return torch_convert.Tensor(shape, (collection, *mods, "bn", name))
+
+
+def table() -> dict[str, torch_convert.Tensor]:
+  """Every pytorch-fid tensor: key -> torch shape (conv weights (out, in, kh, kw)) and its place
+  in the Flax variables {"params", "batch_stats"} of `InceptionV3`."""
+  return {key: _tensor(key, shape) for key, shape in _official_shapes().items()}
+
+
+_TABLE = table()
+
+
+def official_shapes() -> Shapes:
+  """Every key of the pytorch-fid FID Inception state dict with its torch shape (conv weights
+  (out, in, kh, kw)). BatchNorm `num_batches_tracked` counters are optional and ignored."""
+  return torch_convert.shapes(_TABLE)
+
+
 def _is_optional(key: str) -> bool:
   """BatchNorm step counters (absent from the TF-converted file, saved by newer torch)."""
   suffix = "num_batches_tracked"
-  return key.endswith(f".bn.{suffix}") and f"{key[: -len(suffix)]}weight" in _OFFICIAL
-
-
-def _assign(tree: dict, path: Sequence[str], value: np.ndarray) -> None:
-  for p in path[:-1]:
-    tree = tree.setdefault(p, {})
-  tree[path[-1]] = jnp.asarray(value)
+  return key.endswith(f".bn.{suffix}") and f"{key[: -len(suffix)]}weight" in _TABLE
 
 
 def convert_state_dict(state_dict: Mapping[str, Any]) -> Variables:
   """pytorch-fid state dict -> Flax variables {"params", "batch_stats"} of `InceptionV3`,
-  float32. Conv weights (out, in, kh, kw) become (kh, kw, in, out); `fc.weight` is transposed.
+  float32 numpy (`table`). Conv weights (out, in, kh, kw) become (kh, kw, in, out); `fc.weight`
+  is transposed.
 
   Raises:
-    ValueError: a missing, unexpected or mis-shaped key, naming the key and both shapes.
+    ValueError: a missing, unexpected or mis-shaped key, naming the key and both shapes; a
+      non-float tensor or NaN / infinite values, naming the key.
   """
-  torch_io.check_state_dict(state_dict, _OFFICIAL, "Inception state dict", _is_optional)
-  variables: Variables = {"params": {}, "batch_stats": {}}
-  for key in _OFFICIAL:
-    arr = np.asarray(state_dict[key], dtype=np.float32)
-    *mods, layer, leaf = key.split(".")
-    if layer == "fc":
-      _assign(variables["params"], ("fc", leaf if leaf == "bias" else "kernel"), arr.T)
-    elif layer == "conv":
-      _assign(variables["params"], (*mods, "conv", "kernel"), arr.transpose(2, 3, 1, 0))
-    else:  # bn
-      collection, name = _BN_LEAVES[leaf]
-      _assign(variables[collection], (*mods, "bn", name), arr)
-  return variables
+  return torch_convert.from_torch(state_dict, _TABLE, WHAT, _is_optional)
 
 
 def load_weights(source: str | os.PathLike | Mapping[str, Any]) -> Variables:
@@ -548,9 +562,4 @@ def load_weights(source: str | os.PathLike | Mapping[str, Any]) -> Variables:
     FileNotFoundError: no file at `source`.
     ValueError: unreadable file, or a missing, unexpected or mis-shaped key.
   """
-  if isinstance(source, Mapping):
-    return convert_state_dict(source)
-  return convert_state_dict(torch_io.load_state_dict(source))
-
-
-_OFFICIAL = official_shapes()
+  return torch_convert.load(source, _TABLE, WHAT, _is_optional)

@@ -13,7 +13,8 @@ default) picks the backend's default from `DEFAULTS`, the one table of per-backe
   linear_impl       flat: one [N, in] x [in, out] matmul where the sharding allows;
                     dot_general: the N-d contraction (`jnp.tensordot`, as DenseGeneral)
 
-All settings compute the same function (tests/test_model.py checks the golden logits under each).
+All settings compute the same function (tests/model/test_model.py checks the golden logits
+under each).
 The evidence for each default is in docs/measurements/performance.md: CPU from
 `rar_jax.tools.bench` runs, TPU from the TPU compiler (`bench --compile_only`), GPU pending a
 measurement (`launch/gpu_bench.sh`), so the GPU keeps the library paths.

@@ -36,7 +36,6 @@ import jax
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
-from tqdm import tqdm
 
 from rar_jax import sharding
 from rar_jax.infra import (
@@ -219,7 +218,7 @@ def generate(
   console.info("%d of %d chunks to sample", len(todo), num_chunks)
   sampler = decoding.make_sampler(exp.model, settings)
   key = jax.random.key(seed)
-  for chunk in tqdm(todo, desc="chunks", disable=host != 0):
+  for chunk in console.Progress(len(todo), "chunks").iterate(todo):
     rows = np.resize(classes[chunk * batch_size : (chunk + 1) * batch_size], batch_size)
     key_c = jax.random.fold_in(key, chunk)
     mine = slice(host, None, hosts)  # each host decodes and writes every hosts-th row

@@ -24,11 +24,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rar_jax import sharding
-from rar_jax.infra import torch_io
+from rar_jax.infra import torch_convert
 
 Array = jax.Array
 GN_GROUPS = 32
 GN_EPS = 1e-6
+WHAT = "MaskGIT-VQGAN state dict"  # how the errors name the weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +247,7 @@ def _stack_shapes(prefix: str, cin: int, cout: int, n: int) -> dict[str, tuple[i
   return shapes
 
 
-def official_shapes(cfg: VQGANConfig) -> dict[str, tuple[int, ...]]:
+def _official_shapes(cfg: VQGANConfig) -> dict[str, tuple[int, ...]]:
   """Every key of the official tokenizer state_dict with its torch shape."""
   top, z, n = cfg.width(-1), cfg.z_channels, cfg.num_res_blocks
   s: dict[str, tuple[int, ...]] = {"encoder.conv_in.weight": (cfg.hidden_channels, 3, 3, 3)}
@@ -290,31 +291,33 @@ def _flax_path(name: str) -> tuple[str, ...]:
   return (*path, leaf)
 
 
+def table(cfg: VQGANConfig) -> dict[str, torch_convert.Tensor]:
+  """Every official tensor: key -> torch shape and its path in `VQGAN(cfg)`'s params (the
+  module names follow the torch ones); conv weights (out, in, kh, kw) become (kh, kw, in, out),
+  everything else is copied."""
+  return {
+    key: (torch_convert.conv if len(shape) == 4 else torch_convert.Tensor)(shape, _flax_path(key))
+    for key, shape in _official_shapes(cfg).items()
+  }
+
+
+def official_shapes(cfg: VQGANConfig) -> dict[str, tuple[int, ...]]:
+  """Every key of the official tokenizer state_dict with its torch shape."""
+  return torch_convert.shapes(table(cfg))
+
+
 def convert_official(state_dict: Mapping[str, np.ndarray], cfg: VQGANConfig) -> dict[str, Any]:
   """Official torch state_dict (`encoder.*`, `decoder.*`, `quantize.embedding.weight`) -> Flax
-  params of `VQGAN(cfg)`, float32. Conv weights (out, in, kh, kw) become (kh, kw, in, out).
-  Raises ValueError on a missing, unexpected or mis-shaped key."""
-  torch_io.check_state_dict(state_dict, official_shapes(cfg), "MaskGIT-VQGAN state dict")
-  params: dict[str, Any] = {}
-  for key, value in state_dict.items():
-    arr = np.asarray(value, dtype=np.float32)
-    if arr.ndim == 4:
-      arr = arr.transpose(2, 3, 1, 0)
-    *parents, leaf = _flax_path(key)
-    node = params
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(arr)
-  return params
+  params of `VQGAN(cfg)`, float32 numpy (`table`). Raises ValueError on a missing, unexpected or
+  mis-shaped key, a non-float tensor or NaN / infinite values, naming the key."""
+  return torch_convert.from_torch(state_dict, table(cfg), WHAT)
 
 
 def load_official(
   source: str | os.PathLike | Mapping[str, np.ndarray], cfg: VQGANConfig
 ) -> dict[str, Any]:
   """Converted params from a state_dict mapping or a checkpoint path (`.bin`/`.pt`/`.npz`)."""
-  if isinstance(source, Mapping):
-    return convert_official(source, cfg)
-  return convert_official(torch_io.load_state_dict(source), cfg)
+  return torch_convert.load(source, table(cfg), WHAT)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,14 @@
 traces the 5 steps after the state reaches step 100 into `<workdir>/plugins/profile/<run>/`
 (process 0 only), where TensorBoard's profile plugin and XProf find it next to the metrics.
 A run resumed past `start_step` takes no trace. num_steps = 0 (the default) is off.
+
+Why not clu's `periodic_actions.Profile` (clu 0.0.12), which the loop could call after each
+step: it traces on every process, not process 0 only; it stops only when called with a step at
+the window's end, so a window that runs past the last step, or an early exit (SIGTERM), leaves
+the trace unwritten (here `close` runs in the loop's `finally`); it stops without waiting for
+the last step's device work (async dispatch), so the trace can miss steps it names (here
+`after_step` blocks on the state first); and it prints no console line (here one names the
+steps and the folder).
 """
 
 from __future__ import annotations

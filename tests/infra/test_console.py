@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import tests
+from rar_jax.infra import console
 from rar_jax.training import progress_line, train
 from tests.helpers import train_worker
 
@@ -45,7 +46,7 @@ def test_third_party_info_only_with_verbosity():
 
 
 def test_progress_line_and_durations():
-  assert [progress_line.format_duration(s) for s in (0.4, 42, 185, 7620, 3 * 86400 + 4 * 3600)] == [
+  assert [console.format_duration(s) for s in (0.4, 42, 185, 7620, 3 * 86400 + 4 * 3600)] == [
     "0s",
     "42s",
     "3m05s",
@@ -63,6 +64,20 @@ def test_progress_line_and_durations():
   }
   text = line(50, values)
   assert text.startswith("step  50/800  loss 1.980  acc 0.487  r 1.00  lr 4.9e-04  101 img/s  ETA ")
+
+
+def test_progress_prints_when_due_with_rate_and_eta(caplog):
+  now = [0.0]
+  progress = console.Progress(10, "chunks", every_s=30.0, clock=lambda: now[0])
+  with caplog.at_level("INFO", logger="rar_jax.infra.console"):
+    now[0] = 10.0
+    assert progress.advance(2) is None  # 10 s since the start: not due yet
+    now[0] = 40.0
+    assert progress.advance(2) == "chunks  4/10  0.1/s  ETA 1m00s"  # 4 in 40 s, 6 to go
+    now[0] = 41.0
+    assert list(progress.iterate(range(6))) == list(range(6))  # the last one is always printed
+  lines = [r.getMessage() for r in caplog.records if r.name == "rar_jax.infra.console"]
+  assert lines == ["chunks  4/10  0.1/s  ETA 1m00s", "chunks 10/10  6/s  ETA 0s"]
 
 
 @pytest.mark.slow
