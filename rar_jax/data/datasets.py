@@ -10,14 +10,14 @@ from typing import Any
 import jax
 
 from rar_jax.data import gcs_mount, records
-from rar_jax.infra import console
+from rar_jax.infra import console, paths
 from rar_jax.model.presets import ModelConfig
 
 BUILTINS = ("digits",)
 
 
 def prepare(data_cfg: Mapping[str, Any], model_cfg: ModelConfig) -> str:
-  """Returns the data directory of config.data, validated against the model.
+  """Returns the data directory of config.data (absolute), validated against the model.
 
   Keys: `dir` (ArrayRecord shards + metadata.json) and `builtin` ("digits" creates the embedded
   scikit-learn digits set in `dir` when it is absent; empty for user data).
@@ -30,7 +30,7 @@ def prepare(data_cfg: Mapping[str, Any], model_cfg: ModelConfig) -> str:
     raise ValueError(
       "data.dir is not set: point it at a pretokenized data set (rar_jax.data.pretokenize)"
     )
-  data_dir = gcs_mount.local_path(os.fspath(data_cfg["dir"]))  # gs:// through gcsfuse
+  data_dir = paths.absolute(gcs_mount.local_path(os.fspath(data_cfg["dir"])))  # gs://: gcsfuse
   builtin = data_cfg.get("builtin") or ""
   if builtin:
     if builtin not in BUILTINS:

@@ -28,7 +28,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from rar_jax.infra import atomic_files, checkpoint_integrity, console, distributed, user_errors
+from rar_jax.infra import (
+  atomic_files,
+  checkpoint_integrity,
+  console,
+  distributed,
+  paths,
+  user_errors,
+)
 
 T = TypeVar("T")
 CONFIG_FILE = "config.json"  # the run's config, beside its checkpoints
@@ -157,9 +164,7 @@ def make_manager(
     cleanup_tmp_directories=not read_only,
     read_only=read_only,
   )
-  if "://" not in workdir:
-    workdir = os.path.abspath(workdir)  # Orbax needs absolute local paths
-  directory = epath.Path(workdir) / "checkpoints"
+  directory = epath.Path(paths.absolute(workdir)) / "checkpoints"  # Orbax: absolute only
   return Manager(directory, item_names=("state", "data_iter"), options=options)
 
 

@@ -11,10 +11,12 @@ image size). `load` restores it onto any mesh with no optimizer state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import runpy
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +29,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from rar_jax import sharding
-from rar_jax.infra import atomic_files, checkpointing
+from rar_jax.infra import atomic_files, checkpointing, distributed, paths
 from rar_jax.model import presets, rar
 from rar_jax.model.presets import ModelConfig
 
@@ -49,16 +51,25 @@ class Export:
 def write(
   output: str, params: Any, cfg: ModelConfig, config: Mapping[str, Any], dtype: str = "float32"
 ) -> None:
-  """Writes an export of params; refuses to overwrite an existing output (FileExistsError)."""
+  """Writes an export of params to `output` (a local path, relative or not, or gs://).
+
+  Everything is written into a temporary directory next to `output` (`.<name>.<hex>.tmp`) that
+  is renamed to `output` once complete; if anything fails, the temporary directory is removed
+  and `output` never appears. The rename is atomic on a local file system; on an object store
+  it copies the objects (as atomic as the store's rename).
+
+  Raises:
+    ValueError: an unknown dtype.
+    FileExistsError: `output` exists (an export is never overwritten).
+  """
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-  out = epath.Path(output)
+  out = epath.Path(paths.absolute(output))  # Orbax: absolute paths only
   if out.exists():
     raise FileExistsError(f"export output {out} already exists; choose a new path")
   params = jax.tree.map(lambda a: jnp.asarray(a, DTYPES[dtype]), params)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(out / "params", params)
-  checkpointer.wait_until_finished()
+  token = distributed.from_process_0(secrets.randbits(31))  # one name on every process
+  tmp = out.parent / f".{out.name}.{token:08x}.tmp"
   meta = {
     "model": dataclasses.asdict(cfg),
     "dtype": dtype,
@@ -66,15 +77,28 @@ def write(
     "tokenizer": json.loads(ml_collections.ConfigDict(config["tokenizer"]).to_json()),
     "image_size": int(config["image_size"]),
   }
-  if jax.process_index() == 0:
-    atomic_files.write_text(out / EXPORT_FILE, json.dumps(meta, indent=2))
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    checkpointer.save(tmp / "params", params)
+    checkpointer.wait_until_finished()
+    if jax.process_index() == 0:
+      atomic_files.write_text(tmp / EXPORT_FILE, json.dumps(meta, indent=2))
+      tmp.rename(out)
+  except BaseException:
+    with contextlib.suppress(Exception):  # keep the original error, not a cleanup one
+      checkpointer.close()  # no async write is left running into what is removed next
+    if jax.process_index() == 0:
+      with contextlib.suppress(OSError):
+        tmp.rmtree(missing_ok=True)
+    raise
+  checkpointer.close()
 
 
 def load(
   path: str, mesh: Mesh | None = None, rules: sharding.Rules = sharding.LOGICAL_RULES
 ) -> Export:
   """Restores an export onto mesh (default: all devices, data-parallel), float32 params."""
-  root = epath.Path(path if "://" in path else os.path.abspath(path))  # Orbax: absolute only
+  root = epath.Path(paths.absolute(path))  # Orbax: absolute paths only
   meta_path = root / EXPORT_FILE
   if not meta_path.exists():
     raise FileNotFoundError(f"{meta_path} not found: {path} is not a rar_jax export")

@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import re
 import runpy
 import zipfile
@@ -42,6 +41,7 @@ from rar_jax.infra import (
   atomic_files,
   checkpoint_integrity,
   console,
+  paths,
   run_config,
 )
 from rar_jax.sampling import decoding, export, images
@@ -86,16 +86,23 @@ def manifest(
   export_dir: str | None = None,
   tokenizer_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-  """What makes a sample set (`sample_set.json`), as JSON-ready values in comparison order."""
+  """What makes a sample set (`sample_set.json`), as JSON-ready values in comparison order.
+
+  Local paths (the export, the tokenizer's weights) are recorded absolute: the same files give
+  the same record from any directory.
+  """
   classes = class_schedule(num_samples, exp.model.num_classes)
-  if export_dir is not None and "://" not in export_dir:
-    export_dir = os.path.abspath(export_dir)
+  if export_dir is not None:
+    export_dir = paths.absolute(export_dir)
+  tokenizer = dict(tokenizer_config or exp.tokenizer)
+  if tokenizer.get("weights"):
+    tokenizer["weights"] = paths.absolute(tokenizer["weights"])
   fields = {
     "version": MANIFEST_VERSION,
     "export": export_dir,
     "export_fingerprint": None if export_dir is None else export_fingerprint(export_dir),
     "model": dataclasses.asdict(exp.model),
-    "tokenizer": dict(tokenizer_config or exp.tokenizer),
+    "tokenizer": tokenizer,
     "image_size": exp.image_size,
     "num_samples": num_samples,
     "batch_size": batch_size,

@@ -63,6 +63,15 @@ def _residual_logits(p: Array, q: Array) -> Array:
   return jnp.log(jnp.maximum(p - q, 0.0))
 
 
+def _advance(n: Array, s: Array, j: Array, window: int) -> Array:
+  """[B] committed counts after a call: each row keeps the ones it had (its positions before n_b
+  were fixed) and commits the window's accepted run plus the token at the first rejection.
+
+  n: [B] committed counts; s: the window's first step; j: [B] accepted run lengths.
+  """
+  return jnp.maximum(n, s + jnp.minimum(j + 1, window))
+
+
 def decode(
   feed: Any,
   logits_of: Callable[[Array, Array], Array],
@@ -114,7 +123,7 @@ def decode(
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new, s + 1, axis=1)
     q = jnp.where(after[..., None], p, q)
     fresh = fresh & ~after
-    n = jnp.maximum(n, s + jnp.minimum(j + 1, w))
+    n = _advance(n, s, j, w)
     s_next = jnp.minimum(jnp.min(n), seq_len - w)
     shift = s_next - s  # window positions that leave; as many fresh ones enter
     q = jax.lax.dynamic_slice_in_dim(jnp.concatenate([q, jnp.zeros_like(q)], 1), shift, w, 1)

@@ -38,7 +38,7 @@ from typing import Any, TextIO
 
 from etils import epath
 
-from rar_jax.infra import atomic_files
+from rar_jax.infra import atomic_files, paths
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MANIFEST = "sweep.json"
@@ -273,8 +273,7 @@ def plan_sweep(spec: str, base_workdir: str, extra: Sequence[str] = ()) -> list[
   """Expands the config's sweep into runs under base_workdir (made absolute when local: the
   commands run from the repo root)."""
   spec = normalize_spec(spec)
-  if "://" not in base_workdir:
-    base_workdir = os.path.abspath(base_workdir)
+  base_workdir = paths.absolute(base_workdir)
   points = expand(spec)
   names = point_names(points)
   runs = []
@@ -384,8 +383,7 @@ def run_sweep(
   """
   out = out or sys.stdout
   spec = normalize_spec(spec)
-  if "://" not in base_workdir:
-    base_workdir = os.path.abspath(base_workdir)
+  base_workdir = paths.absolute(base_workdir)
   all_runs = runs = plan_sweep(spec, base_workdir, extra)
   if only:
     runs = [r for r in runs if only in r.name]

@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
@@ -92,6 +94,77 @@ def test_export_cli_writes_an_official_state_dict(trained_workdir, tmp_path):
   assert {k: tuple(v.shape) for k, v in state.items()} == convert.official_shapes(cfg)
   back = convert.from_official({k: v.numpy() for k, v in state.items()}, cfg)
   jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+def _command(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
+  """`python -m module args` run from cwd, with this checkout's rar_jax."""
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=cwd,
+    env={**os.environ, "PYTHONPATH": ROOT},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+@pytest.mark.slow
+def test_export_and_sample_take_relative_paths(trained_workdir, tmp_path):
+  """`export --workdir=workdirs/digits --output=workdirs/digits_export`, then `sample
+  --export=workdirs/digits_export --output=samples/digits`, run from the directory the paths
+  are relative to (as docs/guides/sampling.md writes them): no stray temporaries beside the
+  export, the same parameters, the sample set's manifest naming the export absolutely."""
+  workdir, params = trained_workdir
+  shutil.copytree(workdir, tmp_path / "workdirs" / "digits")
+  args = ["--workdir=workdirs/digits", "--output=workdirs/digits_export"]
+  done = _command("rar_jax.sampling.export", *args, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr
+  assert sorted(os.listdir(tmp_path / "workdirs")) == ["digits", "digits_export"]
+  exp_dir = tmp_path / "workdirs" / "digits_export"
+  assert sorted(os.listdir(exp_dir)) == ["export.json", "params"]
+  assert not [p for p in os.listdir(exp_dir / "params") if "tmp" in p]
+  exp = export.load(str(exp_dir))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(exp.params), params)
+
+  again = _command("rar_jax.sampling.export", *args, cwd=tmp_path)  # never overwritten
+  assert again.returncode != 0 and "digits_export already exists" in again.stderr
+  assert sorted(os.listdir(tmp_path / "workdirs")) == ["digits", "digits_export"]
+
+  args = ["--export=workdirs/digits_export", "--output=samples/digits", "--num_samples=8"]
+  done = _command("rar_jax.sampling.sample", *args, "--batch_size=8", cwd=tmp_path)
+  assert done.returncode == 0, done.stderr
+  pictures = np.load(tmp_path / "samples" / "digits" / sample.SAMPLES_FILE)["arr_0"]
+  assert pictures.shape == (8, 8, 8, 3)
+  recorded = json.loads((tmp_path / "samples" / "digits" / sample.MANIFEST_FILE).read_text())
+  assert recorded["export"] == str(exp_dir)
+
+
+@pytest.mark.parametrize("fails_in", ["orbax", "export.json"])
+def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch, fails_in):
+  """An export that fails while writing its parameters or after them (a relative output)
+  leaves neither the output nor a temporary beside it, and the error is the original one."""
+  params = {"w": np.ones((4, 8), np.float32), "b": np.zeros(8, np.float32)}
+  config = _digits_config()
+  cfg = presets.resolve(config.model)
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "exports").mkdir()
+
+  def fail(*args, **kwargs):
+    raise OSError("disk full")
+
+  if fails_in == "orbax":
+    right = ocp.StandardCheckpointer.save
+
+    def fail_while_writing(self, *args, **kwargs):  # Orbax's async write may be under way
+      right(self, *args, **kwargs)
+      fail()
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", fail_while_writing)
+  else:
+    monkeypatch.setattr(export.atomic_files, "write_text", fail)
+  with pytest.raises(OSError, match="disk full"):
+    export.write("exports/digits", params, cfg, config)
+  assert os.listdir(tmp_path / "exports") == []
 
 
 def test_class_schedule_is_contiguous_and_balanced():
