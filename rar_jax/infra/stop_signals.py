@@ -84,6 +84,7 @@ class StopSignals:
     self.requested: int | None = None  # the signal that asked a save-first job to stop
     self._cleanups: list[Callable[[], None]] = [cleanup] if cleanup else []
     self._kept: Callable[[], str] = lambda: ""
+    self._multi_process = multi_process
     self._signals = (signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT)
     self._previous: dict[int, Any] = {}
     self._previous_fd: int | None = None
@@ -140,7 +141,10 @@ class StopSignals:
     self._kept = kept
 
   def save_first(self) -> None:
-    """From now on a signal asks the job to save and stop (`requested`)."""
+    """From now on a signal asks the job to save and stop (`requested`); with several processes
+    SIGINT keeps ending the job at once (the hosts could not agree on a step to save)."""
+    if self._multi_process:
+      return
     with self._lock:
       self.phase = SAVE_FIRST
 
