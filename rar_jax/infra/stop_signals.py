@@ -85,6 +85,7 @@ class StopSignals:
     self._cleanups: list[Callable[[], None]] = [cleanup] if cleanup else []
     self._kept: Callable[[], str] = lambda: ""
     self._multi_process = multi_process
+    self._at_once = f"during start-up, before {what} had anything to save"  # for the message
     self._signals = (signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT)
     self._previous: dict[int, Any] = {}
     self._previous_fd: int | None = None
@@ -144,6 +145,7 @@ class StopSignals:
     """From now on a signal asks the job to save and stop (`requested`); with several processes
     SIGINT keeps ending the job at once (the hosts could not agree on a step to save)."""
     if self._multi_process:
+      self._at_once = "with several processes, where ctrl-C does not save"
       return
     with self._lock:
       self.phase = SAVE_FIRST
@@ -170,8 +172,7 @@ class StopSignals:
         self.requested, self._saving = signum, True
     if phase == EXIT_AT_ONCE:
       raise Interrupted(
-        f"Stopped by {name} during start-up, before {self.what} had anything to save"
-        f"{self._kept_suffix()}",
+        f"Stopped by {name} {self._at_once}{self._kept_suffix()}",
         exit_status(signum),
       )
     if not again:
