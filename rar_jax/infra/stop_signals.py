@@ -209,10 +209,10 @@ class StopSignals:
     while time.monotonic() < end:
       time.sleep(0.05)
       with self._lock:
-        if self._saving:  # the phase changed before the handler ran: the loop saves
+        if self._saving or self._closed:  # the loop saves, or the job has unwound
           return
-    if self._closed:  # unwound and reported; only the interpreter's shutdown is slow
-      self._abort(signum, "", status=exit_status(signum))
+    if self._closed:  # the main thread unwound out of the job: it handles the stop itself
+      return
     self._abort(signum, f"start-up did not stop within {self.grace_s:g}s")
 
   def _kept_suffix(self) -> str:
@@ -222,9 +222,8 @@ class StopSignals:
       kept = ""
     return f"; {kept}" if kept else ""
 
-  def _abort(self, signum: int, why: str, status: int | None = None) -> None:
-    """Cleanups, one line (none without `why`), os._exit(status, default 128 + signum): the
-    forced exit (any thread)."""
+  def _abort(self, signum: int, why: str) -> None:
+    """Cleanups, one line, os._exit(128 + signum): the forced exit (any thread)."""
     with self._lock:
       if self._aborting:
         return
@@ -234,10 +233,9 @@ class StopSignals:
         cleanup()
       except Exception:  # noqa: BLE001, S110 - exiting anyway; the lock dies with the process
         pass
-    if why:
-      name = NAMES.get(signum, str(signum))
-      _say(f"Aborted by {name} ({why}): {self.what} ended at once{self._kept_suffix()}")
-    os._exit(128 + signum if status is None else status)
+    name = NAMES.get(signum, str(signum))
+    _say(f"Aborted by {name} ({why}): {self.what} ended at once{self._kept_suffix()}")
+    os._exit(128 + signum)
 
 
 def _say(line: str) -> None:
