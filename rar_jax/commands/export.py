@@ -4,9 +4,13 @@ weights (`rar_jax.sampling.export`).
   rar-export --workdir=W [--step=S] --output=O [--dtype=bfloat16]
   rar-export --workdir=W --output=rar.bin --format=torch  # the official state dict
   rar-export --official=rar_xl.bin --config=configs/imagenet.py:XL --output=O
+
+An existing --output is refused unless --overwrite.
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 from absl import app, flags
@@ -25,6 +29,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "With --official: its 
 _OUTPUT = flags.DEFINE_string("output", None, "Export directory, or a .bin/.npz with torch.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", sorted(export.DTYPES), "Stored parameter dtype.")
 _FORMAT = flags.DEFINE_enum("format", "orbax", ["orbax", "torch"], "orbax export or official.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 flags.mark_flags_as_required(["output"])
 
 
@@ -45,9 +50,11 @@ def main(argv: list[str]) -> None:
     cfg = presets.resolve(config.model)
     params = convert.load_official(_OFFICIAL.value, cfg)
   if _FORMAT.value == "torch":
-    convert.save_official(params, cfg, _OUTPUT.value)
+    if os.path.exists(_OUTPUT.value) and not _OVERWRITE.value:
+      raise FileExistsError(f"{_OUTPUT.value} already exists; pass --overwrite to replace it")
+    convert.save_official(params, cfg, _OUTPUT.value, overwrite=_OVERWRITE.value)
   else:
-    export.write(_OUTPUT.value, params, cfg, config, _DTYPE.value)
+    export.write(_OUTPUT.value, params, cfg, config, _DTYPE.value, _OVERWRITE.value)
   print(f"wrote {_OUTPUT.value}")
 
 

@@ -3,6 +3,7 @@
 
   rar-pretokenize --config=configs/pretokenize.py:<source> --output_dir=DIR \
       [--config.<key>=<value> ...] [--process_index=I --process_count=N | --distributed]
+  rar-pretokenize --verify --output_dir=DIR   # reads every record, lists the bad shards
 """
 
 from __future__ import annotations
@@ -25,11 +26,19 @@ _DISTRIBUTED = flags.DEFINE_bool(
   False,
   "Join a multi-process run (as RAR_DISTRIBUTED=1; see rar_jax.infra.distributed).",
 )
-flags.mark_flags_as_required(["config", "output_dir"])
+_VERIFY = flags.DEFINE_bool(
+  "verify", False, "Read every record of the data set in --output_dir and list the bad shards."
+)
+flags.mark_flags_as_required(["output_dir"])
 
 
 def main(argv: list[str]) -> None:
   del argv
+  if _VERIFY.value:
+    pretokenize.verify(_OUTPUT_DIR.value)
+    return
+  if _CONFIG.value is None:
+    raise flags.IllegalFlagValueError("give --config=configs/pretokenize.py:<source>")
   if _DISTRIBUTED.value:
     os.environ["RAR_DISTRIBUTED"] = "1"
   distributed.initialize()  # after --distributed is known: not the shared start-up's

@@ -2,6 +2,7 @@
 
   rar-pretokenize --config=configs/pretokenize.py:<source> --output_dir=DIR \
       [--config.<key>=<value> ...] [--process_index=I --process_count=N | --distributed]
+  python -m rar_jax.data.pretokenize --verify --output_dir=DIR   # reads every record
 
 Sources (`config.source`):
   imagenet_tfds  `tfds.data_source(config.tfds_name, split=config.split, data_dir=...)`. Reading
@@ -25,7 +26,9 @@ temporary name and renames on close). The first run stores the content-defining 
 the host count in `pretokenize_plan.json`; a rerun with a different plan is refused, so shards
 of two layouts never mix. When its own shards are done, every host waits until all shard files
 exist, counts their records (checked against the plan) and process 0 writes `metadata.json`.
-No per-host lists are needed. A data dir with `metadata.json` and the same plan is a no-op.
+No per-host lists are needed. A data dir with `metadata.json` and the same plan is a no-op,
+unless shards it lists are missing: those are written again (after `--verify` named them bad
+and they were deleted) and the metadata, its validation split included, is kept.
 """
 
 from __future__ import annotations
@@ -418,9 +421,16 @@ def run(
     raise ValueError("records_per_shard and batch_size must be positive")
   plan = _plan(config, count, tokenizer)
   has_plan = _check_plan(output_dir, plan)
+  existing = None
   if os.path.isfile(os.path.join(output_dir, records.METADATA_FILENAME)):
-    console.info("%s is already complete; nothing to do", output_dir)
-    return records.read_metadata(output_dir)
+    existing = records.read_metadata(output_dir)
+    gone = [s.file for s in existing.shards if not records.shard_is_complete(_in(output_dir, s))]
+    if not gone:
+      console.info("%s is already complete; nothing to do", output_dir)
+      return existing
+    console.info(
+      "%d shards of %s are missing (e.g. %s): writing them again", len(gone), output_dir, gone[0]
+    )
 
   with concurrent.futures.ThreadPoolExecutor(config.num_workers) as pool:
     source, name, spec, crops, write = _prepare(config, tokenizer, pool)
@@ -434,6 +444,13 @@ def run(
 
   _wait_for(paths, config.wait_timeout_s)
   infos = _count_shards(paths, shards, crops)
+  if existing is not None:  # shards rewritten: the metadata (and its validation split) stands
+    if tuple(infos) != existing.shards:
+      raise ValueError(
+        f"the rewritten shards of {output_dir} do not match its {records.METADATA_FILENAME} "
+        "(another source?); move the data set away and pretokenize it anew"
+      )
+    return existing
   meta = records.DatasetMetadata(
     tokenizer=name,
     seq_len=spec.seq_len,
@@ -446,6 +463,33 @@ def run(
   )
   if index == 0:
     records.write_metadata(output_dir, meta)
+  return meta
+
+
+def _in(output_dir: str, shard: records.ShardInfo) -> str:
+  return os.path.join(output_dir, shard.file)
+
+
+def verify(data_dir: str) -> records.DatasetMetadata:
+  """Reads every record of the data set in data_dir (`records.verify`); prints one line per bad
+  shard on stdout, then raises if there is any.
+
+  Raises:
+    records.CorruptShardError: naming how many shards are bad, the first of them, and how to
+      rewrite them (delete them and rerun the same rar-pretokenize command).
+  """
+  meta, problems = records.verify(data_dir)
+  for problem in problems:
+    print(f"bad shard {_in(data_dir, records.ShardInfo(problem.file, 0))}: {problem.message}")
+  if problems:
+    names = ", ".join(p.file for p in problems[:3]) + (", ..." if len(problems) > 3 else "")
+    raise records.CorruptShardError(
+      f"{len(problems)} of {len(meta.shards)} shards in {data_dir} are bad ({names}; listed "
+      "above): delete them and rerun the same rar-pretokenize command to write them again"
+    )
+  console.info(
+    "%s: all %d records of %d shards verify", data_dir, meta.num_records, len(meta.shards)
+  )
   return meta
 
 

@@ -10,7 +10,11 @@ with "group_size:1" (random access) and named `shard_filename(split, process, sh
 `train-00003-00012.array_record` for shard 12, written by host 3. A shard is written under
 `<name>.inprogress` and renamed when closed, so a file with the final name is always complete.
 `metadata.json` beside the shards lists every shard with its record count; `TokenRecordSource`
-checks the shards against it at start-up and validates each record as it is read.
+checks the shards against it at start-up (their record counts, and their first and last records
+read and decoded: the cheap part of an integrity check) and validates each record as it is read.
+A record that cannot be read (Riegeli's chunk checksums) or decoded is a `CorruptShardError`
+naming the shard file and the record's index in it; `verify` reads every record of a data set
+(`rar-pretokenize --verify`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import grain
 import numpy as np
 from array_record.python import array_record_module
 
-from rar_jax.infra import atomic_files
+from rar_jax.infra import atomic_files, user_errors
 
 RECORD_FORMAT = "rar_jax.tokens_u16le+label_u16le.v1"
 METADATA_FILENAME = "metadata.json"
@@ -299,19 +303,34 @@ def check_compatible(
       )
 
 
+class CorruptShardError(user_errors.UserError, ValueError):
+  """A shard's record cannot be read or decoded; names the shard file and the record index."""
+
+
+def corrupt_shard(path: str, record: int, error: BaseException) -> CorruptShardError:
+  """The one-line error for record `record` of shard `path`."""
+  cause = " ".join(str(error).split()) or type(error).__name__
+  return CorruptShardError(
+    f"shard {path} is corrupt at record {record} ({cause}); rewrite it: `rar-pretokenize "
+    "--verify` lists every bad shard and how"
+  )
+
+
 class TokenRecordSource:
   """Grain random-access source over a dataset directory's shards, in metadata order.
 
   Items are {"tokens": int32 [seq_len], "label": int32 []}. Construction raises
-  FileNotFoundError for a missing shard and ValueError for a shard whose record count differs
-  from the metadata; reading raises ValueError naming the shard and the record's index in it.
+  FileNotFoundError for a missing shard, ValueError for a shard whose record count differs from
+  the metadata and CorruptShardError for a shard whose first or last record is bad; reading
+  raises CorruptShardError naming the shard and the record's index in it.
   """
 
   def __init__(self, data_dir: PathLike):
     self.metadata = read_metadata(data_dir)
     self.paths = [os.path.join(data_dir, shard.file) for shard in self.metadata.shards]
+    spec = self.metadata.spec
     for path, shard in zip(self.paths, self.metadata.shards, strict=True):
-      _check_shard(path, shard.num_records)
+      _check_shard(path, shard.num_records, spec)
     counts = [shard.num_records for shard in self.metadata.shards]
     self._starts = np.cumsum([0] + counts[:-1]).tolist()  # first global index of each shard
     # "path[start:end]" read instructions skip reopening every file to count its records.
@@ -323,18 +342,23 @@ class TokenRecordSource:
     return self.metadata.num_records
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    data = self._source[index]
     try:
-      return self._spec.decode(data)
-    except ValueError as e:
+      return self._spec.decode(self._source[index])
+    except Exception as e:  # noqa: BLE001 - Riegeli raises RuntimeError; decode ValueError
       shard = bisect.bisect_right(self._starts, index) - 1
-      raise ValueError(f"{self.paths[shard]} record {index - self._starts[shard]}: {e}") from None
+      raise corrupt_shard(self.paths[shard], index - self._starts[shard], e) from None
 
   def __repr__(self) -> str:
     return f"TokenRecordSource({len(self.paths)} shards, {len(self)} records)"
 
 
-def _check_shard(path: str, expected: int) -> None:
+def _open_shard(path: str, expected: int) -> Any:
+  """An ArrayRecordReader of a complete shard holding `expected` records.
+
+  Raises:
+    FileNotFoundError: the shard is missing (or only its .inprogress file is there).
+    ValueError: it is not a readable ArrayRecord file, or holds another number of records.
+  """
   if not shard_is_complete(path):
     partial = " (only a partial .inprogress file)" if os.path.exists(path + TMP_SUFFIX) else ""
     raise FileNotFoundError(f"shard listed in metadata is missing: {path}{partial}")
@@ -342,9 +366,70 @@ def _check_shard(path: str, expected: int) -> None:
   if not reader.ok():  # e.g. cut mid-file; close() would raise an empty RuntimeError
     raise ValueError(f"shard {path} is not a readable ArrayRecord file (truncated?)")
   found = reader.num_records()
-  reader.close()
   if found != expected:
+    reader.close()
     raise ValueError(
       f"shard {path} holds {found} records but the metadata says {expected} "
       "(truncated or rewritten)"
     )
+  return reader
+
+
+def _read(reader: Any, path: str, indices: list[int], spec: RecordSpec) -> None:
+  """Reads and decodes records `indices` of a shard; CorruptShardError names the first bad one.
+  A batch that fails is read again record by record to find it."""
+  try:
+    for data in reader.read(indices):
+      spec.decode(data)
+    return
+  except Exception:  # noqa: BLE001 - found below, one record at a time
+    pass
+  for index in indices:
+    try:
+      spec.decode(reader.read([index])[0])
+    except Exception as e:  # noqa: BLE001 - Riegeli raises RuntimeError; decode ValueError
+      raise corrupt_shard(path, index, e) from None
+
+
+def _check_shard(path: str, expected: int, spec: RecordSpec) -> None:
+  """The start-up check of a shard: present, readable, `expected` records, and its first and
+  last records read (their chunk checksums) and decoded."""
+  reader = _open_shard(path, expected)
+  try:
+    _read(reader, path, sorted({0, expected - 1}) if expected else [], spec)
+  finally:
+    reader.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardProblem:
+  """What `verify` found wrong with one shard (the message names the file and the record)."""
+
+  file: str
+  message: str
+
+
+def verify(data_dir: PathLike, batch: int = 4096) -> tuple[DatasetMetadata, list[ShardProblem]]:
+  """Reads and decodes every record of every shard of a data set (in batches of `batch`).
+
+  Returns:
+    The metadata and one ShardProblem per bad shard (missing, unreadable, another record count,
+    or the first record that cannot be read or decoded); empty when every record is good.
+
+  Raises:
+    FileNotFoundError, ValueError: the metadata itself is missing or invalid.
+  """
+  meta = read_metadata(data_dir)
+  problems = []
+  for shard in meta.shards:
+    path = os.path.join(data_dir, shard.file)
+    try:
+      reader = _open_shard(path, shard.num_records)
+      try:
+        for start in range(0, shard.num_records, batch):
+          _read(reader, path, list(range(start, min(start + batch, shard.num_records))), meta.spec)
+      finally:
+        reader.close()
+    except (OSError, ValueError) as e:
+      problems.append(ShardProblem(shard.file, " ".join(str(e).split())))
+  return meta, problems

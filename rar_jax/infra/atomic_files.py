@@ -21,6 +21,8 @@ from typing import IO, Any
 
 from etils import epath
 
+from rar_jax.infra import user_errors
+
 PathLike = str | os.PathLike | epath.Path
 
 _MODES = ("w", "wb")
@@ -68,9 +70,11 @@ def open_for_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
       f.flush()
       _fsync(f)
     tmp.replace(target)
-  except BaseException:
+  except BaseException as err:
     with contextlib.suppress(OSError):  # keep the original error, not a cleanup one
       tmp.unlink(missing_ok=True)
+    if isinstance(err, OSError) and err.errno in user_errors.DISK_FULL_ERRNOS:
+      raise OSError(err.errno, err.strerror, os.fspath(target)) from err  # the file meant
     raise
 
 

@@ -93,11 +93,42 @@ def probe_writable(directory: epath.Path, latest: int | None = None) -> None:
     probe.write_bytes(b"probe")
     probe.unlink()
   except Exception as err:  # noqa: BLE001 - on gs:// the file layer raises its own error types
-    error = f"{type(err).__name__}: {err}"
+    error = err
   if distributed.any_process(error is not None):
     kept = "no checkpoint yet" if latest is None else f"the checkpoint at step {latest} is kept"
-    cause = error or "another process could not write there (see its log)"
+    if error is not None and user_errors.disk_full(error) is not None:
+      raise CheckpointSaveError(_disk_full_message(error, directory, kept)) from error
+    cause = "another process could not write there (see its log)"
+    if error is not None:
+      cause = f"{type(error).__name__}: {error}"
     raise CheckpointSaveError(f"cannot write checkpoints to {directory} ({cause}); {kept}")
+
+
+def committed_steps(directory: epath.Path) -> list[int]:
+  """The steps Orbax committed in directory, sorted, read from the disk (a save in flight or
+  cut short is not one: its folder is temporary, or on gs:// has no commit marker yet)."""
+  try:
+    paths = list(directory.iterdir()) if directory.exists() else []
+  except OSError:
+    return []
+  return sorted(
+    int(path.name) for path in paths if path.name.isdigit() and ocp.step.is_path_finalized(path)
+  )
+
+
+def _disk_full_message(error: BaseException, directory: epath.Path, kept: str) -> str:
+  """'no space left on device: a checkpoint could not be saved to D; the checkpoint at step 6
+  is kept; free some space and rerun the same command'."""
+  return (
+    f"{user_errors.disk_full_cause(error)}: a checkpoint could not be saved to {directory}; "
+    f"{kept}; free some space and rerun the same command"
+  )
+
+
+def describe_kept(directory: epath.Path) -> str:
+  """'the checkpoint at step N is kept' (the newest committed step on disk), for messages."""
+  steps = committed_steps(directory)
+  return f"the checkpoint at step {steps[-1]} is kept" if steps else "no checkpoint was written"
 
 
 class Manager(ocp.CheckpointManager):
@@ -112,21 +143,31 @@ class Manager(ocp.CheckpointManager):
         # Orbax would otherwise start the save, fail creating its folder in a background thread
         # and leave threads waiting on that folder's signal for the coordination timeout.
         probe_writable(self.directory, self.latest_step())
-      return super().save(step, *args, **kwargs)
+      return super().save(step, *args, **kwargs)  # first waits for the previous save
     except CheckpointSaveError:
       raise
     except Exception as err:
-      raise CheckpointSaveError(
-        f"saving checkpoint {step} to {self.directory} failed ({type(err).__name__}: {err})"
-      ) from err
+      raise self._failed(err, step) from err
 
   def wait_until_finished(self) -> None:
     try:
       super().wait_until_finished()
     except Exception as err:
-      raise CheckpointSaveError(
+      raise self._failed(err, None) from err
+
+  def _failed(self, err: BaseException, step: int | None) -> CheckpointSaveError:
+    """One error for a failed save: a full disk in short, naming what is kept; else the cause."""
+    if user_errors.disk_full(err) is not None:  # this save's or the previous one's
+      return CheckpointSaveError(
+        _disk_full_message(err, self.directory, describe_kept(self.directory))
+      )
+    if step is None:
+      return CheckpointSaveError(
         f"a checkpoint save to {self.directory} failed ({type(err).__name__}: {err})"
-      ) from err
+      )
+    return CheckpointSaveError(
+      f"saving checkpoint {step} to {self.directory} failed ({type(err).__name__}: {err})"
+    )
 
   def _finalize(self, step: int, steps_to_remove: list[int]) -> None:
     """Orbax's commit of a step (in its finalize thread, after a barrier of all processes),

@@ -2,8 +2,10 @@
 
 Third-party INFO logging (Orbax's per-save details, absl, CLU's metric echo, TensorFlow's
 native start-up messages) is off unless `--verbosity` is given on the command line
-(`--verbosity=0` shows INFO, `1` DEBUG). The jobs' own lines go through `info`, which prints
-whatever the verbosity, from process 0 only; TensorBoard keeps every metric either way.
+(`--verbosity=0` shows INFO, `1` DEBUG); so are Orbax's error reports from its threads, whose
+errors the job reports itself in one line (shown again with --verbosity or RAR_TRACEBACK=1).
+The jobs' own lines go through `info`, which prints whatever the verbosity, from process 0
+only; TensorBoard keeps every metric either way.
 `Progress` is the jobs' one progress reporter: done of total, rate and time to go.
 """
 
@@ -27,6 +29,19 @@ def _verbosity_given() -> bool:
   return "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present > 0
 
 
+class _OrbaxErrorFilter(logging.Filter):
+  """Drops Orbax's ERROR records (each with a traceback, several per failed save, logged from
+  its background threads): every one of those failures also reaches the job as an exception
+  (at the next save or wait), which the command reports in one line (`infra/user_errors.py`)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    path = record.pathname.replace(os.sep, "/")
+    return not (record.levelno >= logging.ERROR and "/orbax/" in path)
+
+
+_ORBAX_ERRORS = _OrbaxErrorFilter()
+
+
 def setup() -> None:
   """Call first in an absl `main` (flags parsed): quiets third-party INFO unless --verbosity."""
   if not _LOGGER.handlers:
@@ -37,6 +52,8 @@ def setup() -> None:
     _LOGGER.propagate = False  # printed once, not again by absl's root handler
   if _verbosity_given():
     return
+  if os.environ.get("RAR_TRACEBACK", "0") in ("", "0"):
+    logging.getLogger("absl").addFilter(_ORBAX_ERRORS)
   # TensorFlow (TensorBoard files, TFDS) prints native INFO lines on import; it runs no model
   # compute here, so its oneDNN kernels (whose notice is one of those lines) are not needed.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,8 +1,11 @@
 """Parameters-only exports for sampling, from a training workdir or from official weights.
 
 An export directory holds `params/` (an Orbax checkpoint of the parameters, float32 or
-bfloat16) and `export.json` (the model config, the sampling defaults, the tokenizer and the
-image size). `load` restores it onto any mesh with no optimizer state.
+bfloat16), `export.json` (the model config, the sampling defaults, the tokenizer and the
+image size) and `checksums.json` (the size and SHA-256 of every other file, as checkpoints
+have). It is written into a temporary folder beside the output, the manifest last, and renamed
+into place once complete; an existing output is refused unless --overwrite. `load` checks the
+checksums, then restores the export onto any mesh with no optimizer state.
 
   rar-export --workdir=W [--step=S] --output=O [--dtype=bfloat16]
   rar-export --workdir=W --output=rar.bin --format=torch  # state dict
@@ -17,6 +20,7 @@ import json
 import os
 import runpy
 import secrets
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +33,14 @@ from etils import epath
 from jax.sharding import Mesh
 
 from rar_jax import sharding
-from rar_jax.infra import atomic_files, checkpointing, distributed, paths
+from rar_jax.infra import (
+  atomic_files,
+  checkpoint_integrity,
+  checkpointing,
+  distributed,
+  paths,
+  user_errors,
+)
 from rar_jax.model import presets, rar
 from rar_jax.model.presets import ModelConfig
 
@@ -48,28 +59,36 @@ class Export:
   image_size: int
 
 
-def write(
-  output: str, params: Any, cfg: ModelConfig, config: Mapping[str, Any], dtype: str = "float32"
-) -> None:
-  """Writes an export of params to `output` (a local path, relative or not, or gs://).
+class CorruptExportError(user_errors.UserError):
+  """An export's file is missing or does not match its checksum (names the file)."""
 
-  Everything is written into a temporary directory next to `output` (`.<name>.<hex>.tmp`) that
-  is renamed to `output` once complete; if anything fails, the temporary directory is removed
-  and `output` never appears. The rename is atomic on a local file system; on an object store
+
+def write(
+  output: str,
+  params: Any,
+  cfg: ModelConfig,
+  config: Mapping[str, Any],
+  dtype: str = "float32",
+  overwrite: bool = False,
+) -> None:
+  """Writes an export of params: into a temporary folder beside `output` (params, export.json,
+  then the checksum manifest, last), renamed to `output` once complete, so that no half-written
+  export ever carries its name. The rename is atomic on a local file system; on an object store
   it copies the objects (as atomic as the store's rename).
 
   Raises:
-    ValueError: an unknown dtype.
-    FileExistsError: `output` exists (an export is never overwritten).
+    FileExistsError: output exists and overwrite is False.
+    user_errors.DiskFullError: the disk filled up; nothing is left at output (an export it
+      replaces is kept).
   """
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
   out = epath.Path(paths.absolute(output))  # Orbax: absolute paths only
-  if out.exists():
-    raise FileExistsError(f"export output {out} already exists; choose a new path")
+  if out.exists() and not overwrite:
+    raise FileExistsError(
+      f"export output {output} already exists; pass --overwrite to replace it, or choose a new path"
+    )
   params = jax.tree.map(lambda a: jnp.asarray(a, DTYPES[dtype]), params)
-  token = distributed.from_process_0(secrets.randbits(31))  # one name on every process
-  tmp = out.parent / f".{out.name}.{token:08x}.tmp"
   meta = {
     "model": dataclasses.asdict(cfg),
     "dtype": dtype,
@@ -77,31 +96,76 @@ def write(
     "tokenizer": json.loads(ml_collections.ConfigDict(config["tokenizer"]).to_json()),
     "image_size": int(config["image_size"]),
   }
-  checkpointer = ocp.StandardCheckpointer()
+  token = distributed.from_process_0(secrets.randbits(31))  # one name on every process
+  tmp = out.parent / f".{out.name}.{token:08x}.tmp"
   try:
-    checkpointer.save(tmp / "params", params)
-    checkpointer.wait_until_finished()
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(tmp / "params", params)
+      checkpointer.wait_until_finished()
     if jax.process_index() == 0:
       atomic_files.write_text(tmp / EXPORT_FILE, json.dumps(meta, indent=2))
-      tmp.rename(out)
-  except BaseException:
-    with contextlib.suppress(Exception):  # keep the original error, not a cleanup one
-      checkpointer.close()  # no async write is left running into what is removed next
+      checkpoint_integrity.write_manifest(tmp)  # last: an export without it is incomplete
+      _replace(tmp, out)
+  except BaseException as err:  # ctrl-C too: nothing half-written is left
     if jax.process_index() == 0:
-      with contextlib.suppress(OSError):
-        tmp.rmtree(missing_ok=True)
+      _remove(tmp)
+    if isinstance(err, Exception) and user_errors.disk_full(err) is not None:
+      kept = "the export there before is kept" if out.exists() else "nothing was written there"
+      raise user_errors.DiskFullError(
+        f"{user_errors.disk_full_cause(err)}: the export to {output} could not be written; "
+        f"{kept}; free some space and rerun"
+      ) from err
     raise
-  checkpointer.close()
+
+
+def _remove(folder: epath.Path) -> None:
+  """Removes a folder (a failed export's temporary one), ignoring errors: it never carries the
+  export's name, so a leftover is harmless."""
+  with contextlib.suppress(Exception):
+    folder.rmtree()
+
+
+def _replace(tmp: epath.Path, out: epath.Path) -> None:
+  """Renames the finished export tmp to out; an export already at out is moved aside first and
+  deleted once the new one is in place."""
+  old = None
+  if out.exists():
+    old = out.parent / f".{out.name}.{uuid.uuid4().hex}.old"
+    out.rename(old)
+  tmp.rename(out)
+  if old is not None:
+    old.rmtree()
+
+
+def verify(path: str) -> None:
+  """Checks every file of an export against its checksum manifest (exports written before
+  manifests existed are loaded with a warning).
+
+  Raises:
+    CorruptExportError: a file is missing or differs from its recorded size or SHA-256.
+  """
+  try:
+    status = checkpoint_integrity.verify(epath.Path(path))
+  except checkpoint_integrity.CorruptCheckpointError as err:
+    raise CorruptExportError(f"export {path} is corrupt: {err}; export it again") from None
+  if status == checkpoint_integrity.Status.UNVERIFIED:
+    logging.warning(
+      "Export %s has no %s (written by an older version): loading it unverified",
+      path,
+      checkpoint_integrity.MANIFEST,
+    )
 
 
 def load(
   path: str, mesh: Mesh | None = None, rules: sharding.Rules = sharding.LOGICAL_RULES
 ) -> Export:
-  """Restores an export onto mesh (default: all devices, data-parallel), float32 params."""
+  """Restores an export onto mesh (default: all devices, data-parallel), float32 params, once
+  its files match their checksums (`verify`)."""
   root = epath.Path(paths.absolute(path))  # Orbax: absolute paths only
   meta_path = root / EXPORT_FILE
   if not meta_path.exists():
     raise FileNotFoundError(f"{meta_path} not found: {path} is not a rar_jax export")
+  verify(os.fspath(root))
   meta = json.loads(meta_path.read_text())
   cfg = presets.ModelConfig(**meta["model"]).validate()
   mesh = mesh or sharding.make_mesh()

@@ -6,7 +6,8 @@ from an export, decoded by the tokenizer, as an ADM-evaluator `.npz` plus PNG gr
 
 Chunks of `batch_size` images are sampled over all devices of all hosts; each host decodes and
 writes the rows it holds as `chunks/<chunk>-p<host>.npz` (written under a temporary name,
-then renamed). A rerun skips every chunk whose files all exist, so an interrupted job resumes;
+then renamed). A rerun skips every chunk whose files all exist, so an interrupted job resumes
+(a full disk keeps every finished chunk and says so in one line);
 the output directory must be shared by the hosts (gs:// or NFS). When every chunk is there,
 process 0 writes `samples.npz` (`arr_0` uint8 [N, H, W, 3], `labels` [N]) and `grid.png`.
 Sample i has class (i * C) // N: contiguous classes, 50 each for N = 50,000 and C = 1000.
@@ -43,6 +44,7 @@ from rar_jax.infra import (
   console,
   paths,
   run_config,
+  user_errors,
 )
 from rar_jax.sampling import decoding, export, images
 
@@ -234,7 +236,18 @@ def generate(
     )
     index = np.arange(chunk * batch_size, (chunk + 1) * batch_size)[mine]
     keep = index < num_samples
-    _write_npz(_chunk_path(out, chunk, host), images=pictures[keep], index=index[keep])
+    path = _chunk_path(out, chunk, host)
+    try:
+      _write_npz(path, images=pictures[keep], index=index[keep])
+    except Exception as err:
+      if user_errors.disk_full(err) is None:
+        raise
+      finished = sum(_chunk_path(out, c, host).exists() for c in range(num_chunks))
+      raise user_errors.DiskFullError(
+        f"{user_errors.disk_full_cause(err)}: chunk {chunk} could not be written to {path}; "
+        f"the {finished} finished chunks of {num_chunks} are kept; free some space and rerun "
+        "the same command to sample the rest"
+      ) from err
 
 
 def assemble(out: epath.Path, num_samples: int, num_classes: int, batch_size: int) -> None:
@@ -251,11 +264,20 @@ def assemble(out: epath.Path, num_samples: int, num_classes: int, batch_size: in
       if pictures is None:
         pictures = np.zeros((num_samples, *part["images"].shape[1:]), np.uint8)
       pictures[part["index"]] = part["images"]
-  _write_npz(out / SAMPLES_FILE, arr_0=pictures, labels=class_schedule(num_samples, num_classes))
   columns = min(16, len(pictures))
   rows = max(1, min(8, len(pictures) // columns))
   grid = images.image_grid(pictures[: columns * rows], columns)
-  atomic_files.write_bytes(out / GRID_FILE, images.png_bytes(grid))
+  try:
+    _write_npz(out / SAMPLES_FILE, arr_0=pictures, labels=class_schedule(num_samples, num_classes))
+    atomic_files.write_bytes(out / GRID_FILE, images.png_bytes(grid))
+  except Exception as err:
+    if user_errors.disk_full(err) is None:
+      raise
+    raise user_errors.DiskFullError(
+      f"{user_errors.disk_full_cause(err)}: {out / SAMPLES_FILE} could not be written; all "
+      f"{num_chunks} chunks are kept; free some space and rerun the same command to assemble "
+      "them"
+    ) from err
 
 
 if (

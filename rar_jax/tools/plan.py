@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from rar_jax import sharding
-from rar_jax.infra import atomic_files
+from rar_jax.infra import atomic_files, device_memory
 from rar_jax.infra.chips import CHIPS, GIB, Chip, chip_by_name, parse_topology
 from rar_jax.model.presets import ModelConfig
 from rar_jax.tools import tpu_compiler
@@ -153,14 +153,6 @@ def per_depth(small: Sequence[dict[str, float]], depth: int) -> dict[str, float]
   return {k: small[0][k] + (depth - 1) * (small[1][k] - small[0][k]) for k in small[0]}
 
 
-def _shard_bytes(tree: Any) -> int:
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    shape = leaf.sharding.shard_shape(leaf.shape)
-    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
-  return total
-
-
 def analyze(
   config: Any, devices: Sequence[Any], config_name: str = "", xla_flops: bool = True
 ) -> Analysis:
@@ -187,8 +179,8 @@ def analyze(
   dp = sharding.data_parallel_size(plan.mesh)
   batch_bytes = (plan.global_batch // dp) * (cfg.seq_len + 1) * 4
   analytic_bytes = {
-    "params": _shard_bytes(abstract.params),
-    "optimizer": _shard_bytes(abstract.opt_state),
+    "params": device_memory.shard_bytes(abstract.params),
+    "optimizer": device_memory.shard_bytes(abstract.opt_state),
     "batch": batch_bytes,
   }
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))

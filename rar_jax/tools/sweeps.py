@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.machinery
 import importlib.util
 import inspect
 import json
@@ -38,7 +39,7 @@ from typing import Any, TextIO
 
 from etils import epath
 
-from rar_jax.infra import atomic_files, paths
+from rar_jax.infra import atomic_files, paths, user_errors
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MANIFEST = "sweep.json"
@@ -137,9 +138,12 @@ def load_config_module(spec: str) -> Any:
   if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
   name = "_rar_sweep_config_" + re.sub(r"\W", "_", file.stem)
-  module_spec = importlib.util.spec_from_file_location(name, file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  loader = importlib.machinery.SourceFileLoader(name, str(file))  # whatever the suffix
+  module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+  try:
+    loader.exec_module(module)
+  except Exception as err:  # noqa: BLE001 - the user's file: any error is theirs
+    raise ValueError(user_errors.config_file_error(path, err)) from err
   return module
 
 

@@ -7,7 +7,6 @@ step, and the loop with checkpoints, metrics, preemption handling and periodic s
 from __future__ import annotations
 
 import dataclasses
-import signal
 from typing import Any
 
 import jax
@@ -18,7 +17,15 @@ from clu import metric_writers, periodic_actions
 from rar_jax import sharding
 from rar_jax.data import datasets, holdout, pipeline
 from rar_jax.evaluation import previews, sample_eval
-from rar_jax.infra import checkpointing, console, distributed, run_config, workdir_lease
+from rar_jax.infra import (
+  checkpointing,
+  console,
+  device_memory,
+  distributed,
+  run_config,
+  stop_signals,
+  workdir_lease,
+)
 from rar_jax.model import numerics, presets
 from rar_jax.model.presets import ModelConfig
 from rar_jax.sampling import decoding
@@ -81,24 +88,21 @@ def resolve(config: ml_collections.ConfigDict, devices: Any = None) -> Plan:
 
 
 class PreemptionGuard:
-  """SIGTERM (TPU maintenance, spot VMs) asks the loop to checkpoint and exit cleanly. With
-  several processes, Orbax's preemption sync point makes every host stop at the same step.
+  """SIGTERM (TPU maintenance, spot VMs) and SIGINT (ctrl-C) ask the loop to checkpoint and stop
+  (`infra/stop_signals.py`); until the state exists they end the job at once, since there is
+  nothing to save. With several processes, Orbax's preemption sync point makes every host stop
+  at the same step after SIGTERM. A lost workdir lease also stops the job, with LeaseLostError."""
 
-  Installed before anything compiles (a SIGTERM then stops the job before its first step, see
-  `_stop_before_training`); a lost workdir lease also stops the job, with LeaseLostError."""
-
-  def __init__(self, lease: workdir_lease.WorkdirLease | None = None):
-    self.requested = False
+  def __init__(
+    self, signals: stop_signals.StopSignals, lease: workdir_lease.WorkdirLease | None = None
+  ):
+    self.signals = signals
     self._lease = lease
-    # With several processes, JAX's own preemption notifier holds SIGTERM; keep it.
-    self._previous = None
-    if jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: checkpointing at the current step, then exiting")
-    self.requested = True
+  @property
+  def requested(self) -> bool:
+    """Whether a signal asked the (single-process) job to save and stop."""
+    return self.signals.requested is not None
 
   def should_stop(self, step: int, manager: Any, at_checkpoint: bool = True) -> bool:
     """Whether to checkpoint now and stop (every process agrees on the step). A lost lease
@@ -114,17 +118,37 @@ class PreemptionGuard:
       return manager.reached_preemption(step)
     return self.requested
 
-  def close(self) -> None:
-    """Restores the previous SIGTERM handler."""
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+  def stopped(self, step: int, saved: str) -> None:
+    """Reports the stop at `step`: after SIGINT raises stop_signals.Interrupted (the command
+    prints the line and exits 130); after SIGTERM logs the line (the job returns, exit 0)."""
+    message = self.signals.stop_message(step, saved)
+    self.signals.raise_if_interrupt(message)
+    logging.warning("%s", message)
 
-  def __enter__(self) -> PreemptionGuard:
-    return self
 
-  def __exit__(self, *exc_info) -> None:
-    self.close()
+def _check_fits(plan: Plan, abstract: train_state.TrainState, memory: Any = None) -> None:
+  """Refuses a job that cannot fit its devices, before anything is allocated: the parameters
+  and optimizer state per device (the abstract state's shards) and, given the compiled step's
+  memory_analysis, its temporaries and the rest of its peak (batch, outputs, code).
+
+  Raises:
+    device_memory.DoesNotFitError: naming what is needed and what the devices (or the host)
+      have.
+  """
+  needs = {
+    "parameters": device_memory.shard_bytes(abstract.params),
+    "optimizer state": device_memory.shard_bytes(abstract.opt_state),
+  }
+  if memory is not None:
+    peak = device_memory.compiled_peak_bytes(memory)
+    needs["the compiled step's temporaries"] = int(memory.temp_size_in_bytes)
+    needs["batch, outputs and code"] = max(peak - sum(needs.values()), 0)
+  device_memory.check_fits(
+    needs,
+    list(plan.mesh.devices.flat),
+    "use a smaller model (model.*) or batch (train.global_batch), or more devices "
+    "(mesh.fsdp shards the state); rar-plan shows the figures for a topology",
+  )
 
 
 def _compile_step(
@@ -134,7 +158,8 @@ def _compile_step(
   abstract: train_state.TrainState,
   rules: sharding.Rules,
 ):
-  """The step compiled ahead of time for the abstract state and batch; logs its memory."""
+  """The step compiled ahead of time for the abstract state and batch (nothing allocated yet);
+  logs its memory and refuses a step that cannot fit (`_check_fits`)."""
   sc = train_step.StepConfig(plan.model, *plan.anneal, config.randomness.label_dropout)
   compiled, lower_s, compile_s = train_step.compile_train_step(
     sc, *optimizer, plan.mesh, abstract, plan.global_batch, rules
@@ -146,42 +171,44 @@ def _compile_step(
     detail = f"; per device: arguments {arguments / 2**20:.1f} MiB, temporaries "
     detail += f"{temporaries / 2**20:.1f} MiB"
   console.info("Train step compiled in %.1fs%s", lower_s + compile_s, detail)
+  if memory is not None:
+    _check_fits(plan, abstract, memory)
   return compiled, lower_s + compile_s
 
 
 def _restore_or_init(
   config: ml_collections.ConfigDict,
-  workdir: str,
+  manager: Any,
   plan: Plan,
   tx: Any,
+  abstract: train_state.TrainState,
   rules: sharding.Rules,
   data_iter: Any,
-):
-  """(manager, abstract state, state): the newest good checkpoint, else a fresh sharded state."""
-  manager = checkpointing.make_manager(workdir, config.checkpoint)
-  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, rules)
+) -> train_state.TrainState:
+  """The newest good checkpoint, else a fresh sharded state."""
   state = checkpointing.restore_latest(manager, abstract, data_iter)
   if state is None:
     state = train_state.init_sharded(plan.model, tx, config.seed, plan.mesh, rules)
-  return manager, abstract, state
+  return state
 
 
 def _stop_before_training(
   guard: PreemptionGuard, manager: Any, step: int, state: Any, data_iter: Any
 ) -> bool:
-  """After a SIGTERM that came before the first step: checkpoints the (restored or fresh) state
-  unless that step is saved already, logs the note and returns True (the job then ends).
+  """After a signal that came once the state existed but before the first step: checkpoints the
+  (restored or fresh) state unless that step is saved already and reports the stop
+  (`PreemptionGuard.stopped`); returns True (the job then ends).
 
   Single process only: with several, JAX's preemption notifier holds SIGTERM and the hosts agree
   on a stop step inside the loop."""
   if not guard.requested:
     return False
   if step in manager.all_steps():
-    logging.warning("Stopped at step %d after SIGTERM; its checkpoint exists already", step)
+    guard.stopped(step, "its checkpoint exists already")
     return True
   checkpointing.save(manager, step, state, data_iter, force=True)
   manager.wait_until_finished()
-  logging.warning("Stopped at step %d after SIGTERM; checkpoint written", step)
+  guard.stopped(step, "checkpoint written")
   return True
 
 
@@ -198,19 +225,20 @@ def train_and_evaluate(
     workdir_lease.LeaseHeldError: another job uses workdir.
     run_config.ConfigChangeError: the config differs from the one in <workdir>/config.json.
   """
-  plan = resolve(config)  # a bad config or data set is named before the workdir is touched
-  sample_eval.check_config(config.eval)
-  data_dir = datasets.prepare(config.data, plan.model)
-  scores = sample_eval.enabled(config.eval)
-  if config.eval.every_steps or (scores and config.eval.fid_features == "digits"):
-    holdout.require_split(data_dir)
-  scorer = sample_eval.build_scorer(config, data_dir) if scores else None
-  with (
-    workdir_lease.hold(workdir, "training") as lease,
-    PreemptionGuard(lease) as guard,
-  ):
-    run_config.check(workdir, config, allow_config_change)
-    return _train(config, workdir, guard, plan, data_dir, scorer)
+  multi_process = jax.process_count() > 1
+  with stop_signals.StopSignals("training", multi_process=multi_process) as signals:
+    plan = resolve(config)  # a bad config or data set is named before the workdir is touched
+    sample_eval.check_config(config.eval)
+    data_dir = datasets.prepare(config.data, plan.model)
+    scores = sample_eval.enabled(config.eval)
+    if config.eval.every_steps or (scores and config.eval.fid_features == "digits"):
+      holdout.require_split(data_dir)
+    scorer = sample_eval.build_scorer(config, data_dir) if scores else None
+    with workdir_lease.hold(workdir, "training") as lease:
+      if lease is not None:
+        signals.add_cleanup(lease.release)  # also on an exit forced by a signal
+      run_config.check(workdir, config, allow_config_change)
+      return _train(config, workdir, PreemptionGuard(signals, lease), plan, data_dir, scorer)
 
 
 def _train(
@@ -234,20 +262,25 @@ def _train(
     )
   )
   optimizer = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
-  manager, abstract, state = _restore_or_init(config, workdir, plan, optimizer[0], rules, data_iter)
-  checkpointing.write_workdir_config(workdir, config)  # once the state exists
-  step = int(state.step)
-  if _stop_before_training(guard, manager, step, state, data_iter):
-    return state
+  abstract = train_state.abstract_state(plan.model, optimizer[0], plan.mesh, rules)
+  _check_fits(plan, abstract)  # the state alone: before a compile that may take minutes
+  manager = checkpointing.make_manager(workdir, config.checkpoint)
+  guard.signals.describe_kept(lambda: checkpointing.describe_kept(manager.directory))
   console.info(
-    "Training to step %d from step %d: global batch %d on mesh %s, workdir %s",
+    "Training to step %d: global batch %d on mesh %s, workdir %s",
     plan.total_steps,
-    step,
     plan.global_batch,
     dict(plan.mesh.shape),
     workdir,
   )
   compiled, compile_s = _compile_step(plan, config, optimizer, abstract, rules)
+  state = _restore_or_init(config, manager, plan, optimizer[0], abstract, rules, data_iter)
+  guard.signals.save_first()  # the state exists: a signal now saves it before the job stops
+  checkpointing.write_workdir_config(workdir, config)  # once the state exists
+  step = int(state.step)
+  if _stop_before_training(guard, manager, step, state, data_iter):
+    return state
+  console.info("Starting at step %d", step)
   heldout = None
   if config.eval.every_steps:
     heldout = eval_step.HeldOutEval(
@@ -271,6 +304,7 @@ def _train(
   preview = previews.Previews(config, plan.model, plan.mesh)
   samples = sample_eval.SampleEval(config, scorer, preview) if scorer else None
   batch_sh = sharding.batch_sharding(plan.mesh)
+  preempted = False
   try:
     while step < plan.total_steps:
       profiler.before_step(step)
@@ -293,7 +327,6 @@ def _train(
         logger.flush()  # verifies this step is finite before it is saved
         checkpointing.save(manager, step, state, data_iter, force=last)
       if preempted:
-        logging.warning("Stopped at step %d after SIGTERM; checkpoint written", step)
         break
     logger.flush()
     if step == plan.total_steps:
@@ -304,6 +337,8 @@ def _train(
         console.info("Sample accuracy at step %d: %.3f", step, result["accuracy"])
   finally:
     profiler.close()
-    manager.wait_until_finished()
+    manager.wait_until_finished()  # the final (or the stop's) checkpoint is on disk
     writer.flush()
+  if preempted:
+    guard.stopped(step, "checkpoint written")
   return state

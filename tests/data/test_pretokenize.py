@@ -4,6 +4,7 @@ devices)."""
 import concurrent.futures
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -258,6 +259,24 @@ def test_resume_rewrites_only_missing_shards(folder, tmp_path, tokenizer):
   config.records_per_shard = 3
   with pytest.raises(ValueError, match="records_per_shard: 2 -> 3"):
     pretokenize.run(config, out, tokenizer=tokenizer)
+
+
+def test_verify_names_bad_shards_and_a_rerun_rewrites_them(tmp_path, capsys):
+  out = str(tmp_path / "digits")
+  meta = pretokenize.ensure_digits(out)  # two shards and a validation split
+  assert pretokenize.verify(out) == meta
+  bad = os.path.join(out, meta.shards[1].file)
+  with open(bad, "r+b") as f:
+    f.seek(300)
+    f.write(bytes(64))
+  capsys.readouterr()
+  listed = rf"^1 of 2 shards in {re.escape(out)} are bad \({meta.shards[1].file}; listed above\)"
+  with pytest.raises(records.CorruptShardError, match=listed + ": delete them and rerun"):
+    pretokenize.verify(out)
+  assert capsys.readouterr().out.startswith(f"bad shard {bad}: shard {bad} is corrupt at record ")
+  os.remove(bad)
+  assert pretokenize.ensure_digits(out) == meta  # rewritten; the validation split kept
+  assert pretokenize.verify(out) == meta
 
 
 def test_two_hosts_split_the_shards(folder, tmp_path, tokenizer):

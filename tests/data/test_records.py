@@ -105,12 +105,12 @@ def test_metadata_json_round_trip():
   assert records.DatasetMetadata.from_json(meta.to_json()) == meta
 
 
-def _bad_record_dataset(tmp_path, payload: bytes):
+def _bad_record_dataset(tmp_path, payload: bytes, bad: int = 1):
   """A dataset whose second shard's record 2 is `payload`; returns that shard's path."""
   good = train_worker.write_shard(tmp_path / "a.array_record", SPEC, *_rows(0, 4))
   tokens, labels = _rows(4, 3)
   payloads = [SPEC.encode(t, int(label)) for t, label in zip(tokens, labels, strict=True)]
-  payloads[2] = payload
+  payloads[bad] = payload
   _write_raw(tmp_path / "b.array_record", payloads)
   records.write_metadata(tmp_path, _metadata([good, records.ShardInfo("b.array_record", 3)]))
   return str(tmp_path / "b.array_record")
@@ -126,11 +126,65 @@ def _bad_record_dataset(tmp_path, payload: bytes):
 )
 def test_source_validates_records(tmp_path, payload, match):
   bad_path = _bad_record_dataset(tmp_path, payload)
-  source = records.TokenRecordSource(tmp_path)
-  source[5]  # record 1 of the bad shard is fine
-  with pytest.raises(ValueError, match=match) as info:
-    source[6]
-  assert f"{bad_path} record 2:" in str(info.value)
+  source = records.TokenRecordSource(tmp_path)  # the first and last records are fine
+  source[6]  # record 2 of the bad shard is fine
+  with pytest.raises(records.CorruptShardError, match=match) as info:
+    source[5]
+  assert f"shard {bad_path} is corrupt at record 1 (" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [0, 2])
+def test_a_bad_first_or_last_record_fails_at_start(tmp_path, bad):
+  bad_path = _bad_record_dataset(tmp_path, b"\x00" * 32, bad)
+  with pytest.raises(records.CorruptShardError, match=rf"shard {bad_path} is corrupt at record "
+                     rf"{bad} \(record has 32 bytes, expected 34\)"):  # fmt: skip
+    records.TokenRecordSource(tmp_path)
+
+
+def _scramble(path, offset: int, size: int) -> None:
+  """Overwrites size bytes of the file at offset with random bytes (a damaged disk block)."""
+  data = bytearray(path.read_bytes())
+  data[offset : offset + size] = np.random.default_rng(0).bytes(size)
+  path.write_bytes(bytes(data))
+
+
+def _riegeli_dataset(tmp_path, records_per_shard: int = 48):
+  """Two shards of records_per_shard records; returns the second shard's path."""
+  _write_dataset(tmp_path, (records_per_shard, records_per_shard))
+  return tmp_path / records.shard_filename("train", 1, 0)
+
+
+def test_random_bytes_in_a_shard_are_named_with_the_shard_and_record(tmp_path):
+  path = _riegeli_dataset(tmp_path)
+  _scramble(path, 200, 16)  # inside a chunk after the first record's
+  source = records.TokenRecordSource(tmp_path)  # first and last records are intact
+  for i in range(48):
+    source[i]  # the other shard reads
+  with pytest.raises(records.CorruptShardError) as info:
+    for i in range(48, 96):
+      source[i]
+  assert re.fullmatch(
+    rf"shard {re.escape(str(path))} is corrupt at record {i - 48} \(Corrupted Riegeli.*\); "
+    r"rewrite it: `rar-pretokenize --verify` lists every bad shard and how",
+    str(info.value),
+  )
+  _scramble(path, 0, 4096)  # the issue's 4 KB of random bytes, over the first records
+  with pytest.raises(records.CorruptShardError, match=rf"shard {re.escape(str(path))} is corrupt"):
+    records.TokenRecordSource(tmp_path)
+
+
+def test_verify_lists_every_bad_shard(tmp_path):
+  path = _riegeli_dataset(tmp_path)
+  meta, problems = records.verify(tmp_path, batch=16)
+  assert problems == [] and meta.num_records == 96
+  _scramble(path, 200, 16)
+  _, problems = records.verify(tmp_path, batch=16)
+  assert [p.file for p in problems] == [path.name]
+  assert re.match(rf"shard {re.escape(str(path))} is corrupt at record \d+ ", problems[0].message)
+  first = tmp_path / records.shard_filename("train", 0, 0)
+  first.write_bytes(first.read_bytes()[:1000])  # cut short
+  _, problems = records.verify(tmp_path)
+  assert [p.file for p in problems] == [first.name, path.name]
 
 
 def test_missing_shard_fails_at_start(tmp_path):

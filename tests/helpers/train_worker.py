@@ -95,11 +95,14 @@ def pause_after_checkpoint(pause_at: int | None, seconds: float = 5) -> None:
 def main(argv):
   workdir, data_dir, steps = argv[1], argv[2], int(argv[3])
   pause_at = int(argv[4]) if len(argv) > 4 else None
+  from rar_jax.infra import user_errors
   from rar_jax.training import train
 
   pause_after_checkpoint(pause_at)
-  # Tests resume a run with more steps than it was started with (train.steps changes).
-  state = train.train_and_evaluate(tiny_config(data_dir, steps), workdir, allow_config_change=True)
+  # Tests resume a run with more steps than it was started with (train.steps changes). As in
+  # the commands, user errors and stops by a signal print one line and exit with their status.
+  config = tiny_config(data_dir, steps)
+  state = user_errors.call(train.train_and_evaluate, config, workdir, True)
   print(f"DONE {int(state.step)}", flush=True)
 
 

@@ -20,7 +20,7 @@ from rar_jax.infra import checkpoint_integrity, checkpointing
 from rar_jax.model import presets
 from rar_jax.sampling import export
 from rar_jax.training import optim, train, train_state
-from tests.helpers import train_worker
+from tests.helpers import progress, train_worker
 
 WORKER = pathlib.Path(train_worker.__file__)
 ROOT = tests.ROOT
@@ -58,13 +58,11 @@ def _flip_16_bytes(path: pathlib.Path) -> None:
   path.write_bytes(bytes(data))
 
 
-def _run_worker(workdir, data_dir, steps, prefix=(), timeout=300):
-  return subprocess.run(
-    [*prefix, sys.executable, str(WORKER), str(workdir), data_dir, str(steps)],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
+def _run_worker(workdir, data_dir, steps, prefix=()):
+  """The worker to `steps`; a worker that stops using CPU (a hang, as Orbax's wait for a folder
+  that is never created) fails the test, a slow machine does not (tests/helpers/progress.py)."""
+  return progress.run(
+    [*prefix, sys.executable, str(WORKER), str(workdir), data_dir, str(steps)], cwd=ROOT
   )
 
 
@@ -198,7 +196,7 @@ def test_save_error_stops_the_job_at_once_naming_the_path(finished, tmp_path, da
   try:
     probe = subprocess.run([*prefix, "touch", str(checkpoints / "probe")], capture_output=True)
     assert probe.returncode != 0, "the read-only directory is still writable"
-    result = _run_worker(workdir, data_dir, 9, prefix, timeout=150)  # a hang is a failure
+    result = _run_worker(workdir, data_dir, 9, prefix)  # a hang is a failure
   finally:
     checkpoints.chmod(0o755)
   assert result.returncode != 0

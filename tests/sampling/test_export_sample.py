@@ -1,5 +1,6 @@
 """Export (from a workdir, to torch) and sample sets (resumable chunks -> ADM npz)."""
 
+import errno
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import tests
 from configs import digits
 from rar_jax import sharding, tokenizers
 from rar_jax.data import pipeline
-from rar_jax.infra import checkpointing
+from rar_jax.infra import atomic_files, checkpoint_integrity, checkpointing, user_errors
 from rar_jax.model import convert, presets
 from rar_jax.sampling import decoding, export, images, sample
 from rar_jax.training import optim, train_state
@@ -287,3 +288,106 @@ def test_sample_set_without_manifest_is_refused(trained_workdir, tmp_path):
   settings = decoding.SamplingConfig()
   with pytest.raises(FileExistsError, match=r"holds samples but no sample_set\.json"):
     sample.generate(exp, tok, out, num_samples=8, batch_size=8, seed=0, settings=settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reliability (issue 24): checksummed exports, never half written; a full disk while sampling.
+
+
+def _disk_full(path) -> OSError:
+  return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+@pytest.mark.slow
+def test_exports_are_checksummed_replaced_only_with_overwrite_never_half_written(
+  trained_workdir, tmp_path, monkeypatch
+):
+  workdir, params = trained_workdir
+  config = checkpointing.read_workdir_config(workdir)
+  cfg = presets.resolve(config.model)
+  out = tmp_path / "exp"
+  export.write(str(out), params, cfg, config)
+  assert (out / checkpoint_integrity.MANIFEST).exists()
+  assert [p.name for p in tmp_path.iterdir()] == ["exp"]  # no temporary left
+  with pytest.raises(FileExistsError, match=r"exp already exists; pass --overwrite to replace"):
+    export.write(str(out), params, cfg, config)
+
+  halved = jax.tree.map(lambda a: a / 2, params)
+  monkeypatch.setattr(
+    checkpoint_integrity, "write_manifest", lambda d: (_ for _ in ()).throw(_disk_full(d))
+  )
+  kept = r"^no space left on device: the export to .*exp could not be written; the export there"
+  with pytest.raises(user_errors.DiskFullError, match=kept + " before is kept; free some space"):
+    export.write(str(out), halved, cfg, config, overwrite=True)
+  monkeypatch.undo()
+  assert [p.name for p in tmp_path.iterdir()] == ["exp"]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(export.load(str(out)).params), params)
+
+  export.write(str(out), halved, cfg, config, overwrite=True)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(export.load(str(out)).params), halved)
+  assert [p.name for p in tmp_path.iterdir()] == ["exp"]
+
+  data = max(
+    (p for p in (out / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+  )
+  raw = bytearray(data.read_bytes())
+  raw[len(raw) // 2] ^= 0x01  # one flipped bit
+  data.write_bytes(bytes(raw))
+  with pytest.raises(export.CorruptExportError, match=rf"^export .*exp is corrupt: {data} does "
+                     r"not match its saved SHA-256 checksum; export it again$"):  # fmt: skip
+    export.load(str(out))
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_sampling_keeps_the_finished_chunks_and_the_rerun_matches(
+  trained_workdir, tmp_path, monkeypatch
+):
+  workdir, params = trained_workdir
+  config = checkpointing.read_workdir_config(workdir)
+  cfg = presets.resolve(config.model)
+  export.write(str(tmp_path / "exp"), params, cfg, config)
+  exp = export.load(str(tmp_path / "exp"))
+  tok = tokenizers.build(exp.tokenizer, exp.image_size)
+  settings = decoding.SamplingConfig(guidance_scale=2.0)
+  straight = epath.Path(tmp_path / "straight")
+  sample.generate(exp, tok, straight, num_samples=20, batch_size=8, seed=3, settings=settings)
+  sample.assemble(straight, 20, cfg.num_classes, 8)
+
+  out = epath.Path(tmp_path / "full")
+  write_bytes, calls = atomic_files.write_bytes, []
+
+  def fills_up(path, data):  # the third chunk finds the disk full
+    calls.append(path)
+    if len(calls) == 3:
+      raise _disk_full(path)
+    write_bytes(path, data)
+
+  monkeypatch.setattr(atomic_files, "write_bytes", fills_up)
+  with pytest.raises(user_errors.DiskFullError) as caught:
+    sample.generate(exp, tok, out, num_samples=20, batch_size=8, seed=3, settings=settings)
+  assert str(caught.value) == (
+    f"no space left on device: chunk 2 could not be written to {out}/chunks/000002-p000.npz; "
+    "the 2 finished chunks of 3 are kept; free some space and rerun the same command to sample "
+    "the rest"
+  )
+  assert sorted(p.name for p in (out / "chunks").iterdir()) == [
+    "000000-p000.npz",
+    "000001-p000.npz",
+  ]
+  kept = (out / "chunks" / "000000-p000.npz").stat().mtime
+  monkeypatch.undo()  # space freed
+  sample.generate(exp, tok, out, num_samples=20, batch_size=8, seed=3, settings=settings)
+  assert (out / "chunks" / "000000-p000.npz").stat().mtime == kept  # only chunk 2 sampled
+
+  def no_space(path, data):
+    raise _disk_full(path)
+
+  monkeypatch.setattr(atomic_files, "write_bytes", no_space)
+  with pytest.raises(user_errors.DiskFullError, match=r"^no space left on device: .*samples\.npz "
+                     r"could not be written; all 3 chunks are kept; free some space"):  # fmt: skip
+    sample.assemble(out, 20, cfg.num_classes, 8)
+  monkeypatch.undo()
+  sample.assemble(out, 20, cfg.num_classes, 8)
+  rerun, reference = np.load(out / "samples.npz"), np.load(straight / "samples.npz")
+  for key in ("arr_0", "labels"):
+    np.testing.assert_array_equal(rerun[key], reference[key])
