@@ -122,7 +122,7 @@ def test_export_and_sample_take_relative_paths(trained_workdir, tmp_path):
   assert done.returncode == 0, done.stderr
   assert sorted(os.listdir(tmp_path / "workdirs")) == ["digits", "digits_export"]
   exp_dir = tmp_path / "workdirs" / "digits_export"
-  assert sorted(os.listdir(exp_dir)) == ["export.json", "params"]
+  assert sorted(os.listdir(exp_dir)) == ["checksums.json", "export.json", "params"]
   assert not [p for p in os.listdir(exp_dir / "params") if "tmp" in p]
   exp = export.load(str(exp_dir))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(exp.params), params)
