@@ -12,6 +12,12 @@ default) picks the backend's default from `DEFAULTS`, the one table of per-backe
                     autodiff: the same forward under plain autodiff
   linear_impl       flat: one [N, in] x [in, out] matmul where the sharding allows;
                     dot_general: the N-d contraction (`jnp.tensordot`, as DenseGeneral)
+  split_impl        chunked: the AdaLN modulation and the qkv projection computed chunk-major
+                    ([n, B, T, D], [3, B, H, T, K]: one slab per chunk, its bias added where it
+                    is read) and the output projection contracted on [B, H, T, K] in place
+                    (`layers.ChunkedLinear`, `layers.ProjLinear`; linear_impl does not apply to
+                    these three); fused: one token-major product [B, T, n, ...] split after
+                    (`layers.Linear`), the plain reference
 
 All settings compute the same function (tests/test_model.py checks the golden logits under each).
 The evidence for each default is in docs/measurements/performance.md: CPU from
@@ -31,6 +37,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
   "layer_norm_impl": ("custom", "flax"),
   "gelu_dropout_impl": ("custom", "autodiff"),
   "linear_impl": ("flat", "dot_general"),
+  "split_impl": ("chunked", "fused"),
 }
 AUTO = "auto"
 
@@ -39,6 +46,7 @@ LIBRARY = {
   "layer_norm_impl": "flax",
   "gelu_dropout_impl": "autodiff",
   "linear_impl": "dot_general",
+  "split_impl": "fused",
 }
 DEFAULTS: dict[str, dict[str, str]] = {
   # Measured fastest on the 2-core CPU (docs/measurements/performance.md, CPU table).
@@ -47,6 +55,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "layer_norm_impl": "custom",
     "gelu_dropout_impl": "custom",
     "linear_impl": "flat",
+    "split_impl": "fused",
   },
   # From the TPU compiler's per-layer costs (docs/measurements/performance.md, TPU table): the
   # hand-written attention is cheaper in time and bytes (and in training memory); the others are
