@@ -148,7 +148,9 @@ def analyze(
 
   With model.scan_layers, XLA's cost analysis counts the scanned layer once; the FLOPs then come
   from unrolled 1- and 2-layer compiles, F(depth) = F(1) + (depth - 1) * (F(2) - F(1)), which is
-  exact for a stack of identical layers.
+  exact for a stack of identical layers. For the TPU compiler those compiles always run (also
+  without `xla_flops`): they give its step-time estimate ("optimal_seconds"), which a scanned
+  program's analysis also counts once.
   """
   plan = train.resolve(config, devices)
   cfg = plan.model
