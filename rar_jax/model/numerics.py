@@ -57,10 +57,21 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "linear_impl": "flat",
     "split_impl": "fused",
   },
-  # From the TPU compiler's per-layer costs (docs/measurements/performance.md, TPU table): the
-  # hand-written attention is cheaper in time and bytes (and in training memory); the others are
-  # not.
-  "tpu": {**LIBRARY, "attention_impl": "custom"},
+  # From the TPU compiler (docs/measurements/performance.md, TPU): each default is chosen by two
+  # figures, the time estimate of the train step (`bench --compile_only`, unrolled 1- and
+  # 2-layer programs) and the memory of the full-depth scanned program at the official batch
+  # (`rar-plan --config=configs/imagenet.py:XXL --topology=v5p-128`). The hand-written attention
+  # wins on time; the hand-written layer norm and GELU + dropout cost the same time but keep the
+  # scanned program's saved activations small (the library paths' autodiff residuals took RAR-XXL
+  # from 62 to 94 GiB per chip); the chunked split saves the AdaLN/qkv layout copies and reduces;
+  # the flat matmul costs time on the TPU.
+  "tpu": {
+    "attention_impl": "custom",
+    "layer_norm_impl": "custom",
+    "gelu_dropout_impl": "custom",
+    "linear_impl": "dot_general",
+    "split_impl": "chunked",
+  },
   # Library paths until a GPU measurement says otherwise.
   "gpu": dict(LIBRARY),
 }

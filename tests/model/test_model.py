@@ -162,9 +162,10 @@ def test_causality_and_order_travel_together():
 
 
 @pytest.mark.slow
-def test_kv_cache_matches_full_forward():
+@pytest.mark.parametrize("split_impl", ["fused", "chunked"])
+def test_kv_cache_matches_full_forward(split_impl):
   """Prefill [cls, class] then one token per call through the cache = the full forward."""
-  cfg = _small_cfg()
+  cfg = _small_cfg(split_impl=split_impl)
   params = convert.from_official(_random_official(cfg), cfg)
   rng = np.random.default_rng(3)
   tokens = jnp.asarray(rng.integers(0, 64, (2, 16)))
