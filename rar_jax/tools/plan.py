@@ -308,7 +308,9 @@ def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) ->
       else f"XLA:CPU on {n} simulated CPU devices (stand-in)"
     )
     + (
-      f"; + {a.flops_compile_s:.1f} s of compiles for the FLOP count" if a.flops_compile_s else ""
+      f"; + {a.flops_compile_s:.1f} s of 1- and 2-layer compiles (FLOPs, time estimate)"
+      if a.flops_compile_s
+      else ""
     ),
     "",
     "Memory per device (XLA memory_analysis of the compiled step; the SPMD module is one "
@@ -366,7 +368,8 @@ def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) ->
     )
   elif a.compiler == "tpu":
     lines.append(
-      "  the TPU compiler gives no usable time estimate for this chip (libtpu 0.0.42: v6e)"
+      "  the TPU compiler gives no usable time estimate for this program (a negative "
+      "optimal_seconds; libtpu 0.0.42 gives one for every v6e program)"
     )
   lines.append("")
   if a.compiler == "tpu":

@@ -81,14 +81,12 @@ def test_planner_uses_the_tpu_compiler_and_shards_the_state(planned):
   analysis, text, report = planned
   assert report["compiler"] == "tpu" and "by the TPU compiler (libtpu) for 4 v5p chips" in text
   assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
-  # The compiler's step time and the MFU it implies, even with --noxla_flops (a scanned step:
-  # from unrolled 1- and 2-layer programs).
-  est = report["estimate"]
-  assert est["compiler_step_s"] == analysis.xla_seconds_estimate > 0
-  assert est["compiler_mfu"] == pytest.approx(
-    analysis.analytic_flops / (4 * est["peak_tflops"] * 1e12 * est["compiler_step_s"])
-  )
-  assert f"= {est['compiler_mfu']:.1%} MFU" in text
+  # The compiler's time estimate is asked for even with --noxla_flops (a scanned step: from
+  # unrolled 1- and 2-layer programs). libtpu 0.0.42.1 gives this tiny remat-dots program a
+  # negative one (-1, unknown): reported as such, not as an MFU (test_plan.py checks the MFU).
+  assert analysis.xla_flops_per_device > 0 and analysis.flops_compile_s > 0
+  assert analysis.xla_seconds_estimate is None and report["estimate"]["compiler_mfu"] is None
+  assert "the TPU compiler gives no usable time estimate for this program" in text
   mem, ab = analysis.memory, analysis.analytic_bytes
   sharded = ab["params"] + ab["optimizer"] + ab["batch"]
   whole = 3 * 4 * analysis.num_params + ab["batch"] * 4  # params + Adam moments, f32; 4 shards
