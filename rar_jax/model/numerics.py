@@ -63,8 +63,9 @@ DEFAULTS: dict[str, dict[str, str]] = {
   # (`rar-plan --config=configs/imagenet.py:XXL --topology=v5p-128`). The hand-written attention
   # wins on time; the hand-written layer norm and GELU + dropout cost the same time but keep the
   # scanned program's saved activations small (the library paths' autodiff residuals took RAR-XXL
-  # from 62 to 94 GiB per chip); the chunked split saves the AdaLN/qkv layout copies and reduces;
-  # the flat matmul costs time on the TPU.
+  # from 62 to 94 GiB per chip); the chunked split removes the AdaLN/qkv layout copies and the
+  # lone bias-gradient reduce (the compiler's cycle estimates) and 1 GiB of RAR-XXL's scanned
+  # program, at the same per-layer time estimate; the flat matmul costs time on the TPU.
   "tpu": {
     "attention_impl": "custom",
     "layer_norm_impl": "custom",
