@@ -32,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.layer_norm_impl = "auto"  # custom | flax
   c.model.gelu_dropout_impl = "auto"  # custom | autodiff
   c.model.linear_impl = "auto"  # flat | dot_general
+  c.model.split_impl = "auto"  # chunked | fused
 
   # r = 1 until the anneal start, linear to 0 at its end, as fractions of train.steps (the
   # official 125k and 187.5k of 250k). anneal_*_steps, when set, pins an end in steps instead.

@@ -44,7 +44,10 @@ _CHIP = flags.DEFINE_string(
 _MFU = flags.DEFINE_float("mfu", 0.5, "Model FLOPs utilisation assumed for the time.")
 _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "Override the chip's HBM (GiB).")
 _XLA_FLOPS = flags.DEFINE_bool(
-  "xla_flops", True, "Also count FLOPs with XLA (2 extra small compiles when scanned)."
+  "xla_flops",
+  True,
+  "Also count FLOPs with XLA (2 extra small compiles when scanned). The TPU compiler "
+  "always runs them: they give its step-time estimate and MFU.",
 )
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the numbers as JSON here.")
 flags.mark_flags_as_required(["config"])

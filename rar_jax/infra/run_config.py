@@ -39,6 +39,7 @@ MODEL_EXECUTION_KEYS = frozenset(
     "model.layer_norm_impl",
     "model.gelu_dropout_impl",
     "model.linear_impl",
+    "model.split_impl",
   }
 )
 

@@ -116,6 +116,25 @@ class Linear(nn.Module):
     return y + bias.astype(self.dtype)
 
 
+class ProjLinear(nn.Module):
+  """The attention output projection on [B, H, T, K] (heads before positions, as the attention
+  returns it): `Linear`'s parameters (kernel [H, K, D], bias [D]) contracted over (H, K) in
+  place, without transposing to [B, T, H, K] first."""
+
+  features: int
+  kernel_axes: tuple[str | None, ...]
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param(
+      "kernel", normal_init(self.kernel_axes), (x.shape[1], x.shape[3], self.features), jnp.float32
+    )
+    bias = self.param("bias", zeros_init(self.kernel_axes[2:]), (self.features,), jnp.float32)
+    y = jnp.einsum("bhtk,hkd->btd", x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
 def flat_matmuls(cfg: ModelConfig) -> bool:
   """Whether `Linear` layers use the flat matmul (model.linear_impl)."""
   return numerics.impl(cfg, "linear_impl") == "flat"
@@ -158,6 +177,44 @@ class Dropout(nn.Module):
     return dropout.drop(x, *dropout_args(self, self.rate, self.deterministic))
 
 
+def chunked(cfg: ModelConfig) -> bool:
+  """Whether the AdaLN modulation and the attention projections are chunk-major
+  (model.split_impl "chunked", see `ChunkedLinear`)."""
+  return numerics.impl(cfg, "split_impl") == "chunked"
+
+
+class ChunkedLinear(nn.Module):
+  """The parameters of a `Linear` with features (n, *rest) (kernel [*in, n, *rest], bias
+  [n, *rest], the same names and logical axes), applied chunk-major: `einsum` names the output
+  axes, e.g. "btd,dnhk->nbhtk" (the kernel operand's letters: in, n, rest). Returns the n chunks
+  of the product, each with its bias slice added, so each chunk is one contiguous slab whose
+  bias add fuses into its consumer (and its bias gradient into its producer's pass) instead of
+  a token-major [B, T, n, ...] array split afterwards."""
+
+  features: tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]
+  dtype: Any
+  einsum: str
+  zero_init: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> list[Array]:
+    num_in = len(self.kernel_axes) - len(self.features)
+    in_shape = x.shape[x.ndim - num_in :]
+    init = zeros_init if self.zero_init else normal_init
+    kernel = self.param("kernel", init(self.kernel_axes), (*in_shape, *self.features), jnp.float32)
+    bias_axes = self.kernel_axes[num_in:]
+    bias = self.param("bias", zeros_init(bias_axes), self.features, jnp.float32)
+    y = jnp.einsum(self.einsum, x.astype(self.dtype), kernel.astype(self.dtype))  # [n, ...]
+    n = self.features[0]
+    out = self.einsum.split("->")[1]
+    rest = out[1:]  # the output letters after n; the bias broadcasts over the others
+    bias_letters = self.einsum.split("->")[0].split(",")[1][num_in + 1 :]
+    shape = [y.shape[1 + i] if ch in bias_letters else 1 for i, ch in enumerate(rest)]
+    chunks = jax.lax.split(y, [1] * n, axis=0)
+    return [chunk[0] + bias[i].astype(self.dtype).reshape(shape) for i, chunk in enumerate(chunks)]
+
+
 class AdaLNModulation(nn.Module):
   """Linear(D, n*D) of the SiLU-activated condition, zero-initialised (AdaLN-Zero). Takes
   silu(c), computed once for all layers, and returns n arrays [B, T, D]."""
@@ -168,9 +225,14 @@ class AdaLNModulation(nn.Module):
   @nn.compact
   def __call__(self, c: Array) -> list[Array]:
     d = self.cfg.width
+    axes = ("embed", "modulation", "mod_embed")
+    if chunked(self.cfg):
+      return ChunkedLinear(
+        (self.num_chunks, d), axes, compute_dtype(self.cfg), "btd,dne->nbte", True, name="linear"
+      )(c)
     mod = Linear(
       (self.num_chunks, d),
-      ("embed", "modulation", "mod_embed"),
+      axes,
       compute_dtype(self.cfg),
       zero_init=True,
       flat=flat_matmuls(self.cfg),
@@ -196,20 +258,19 @@ class Attention(nn.Module):
   def __call__(self, x: Array, start: Array, cache: KVCache | None) -> tuple[Array, KVCache | None]:
     cfg = self.cfg
     dtype = compute_dtype(cfg)
-    qkv = Linear(
-      (3, cfg.heads, cfg.head_dim),
-      ("embed", "qkv", "heads", "head_dim"),
-      dtype,
-      flat=flat_matmuls(cfg),
-      name="qkv",
-    )(x)  # [B, T, 3, H, K]
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, K] each
+    qkv_shape, qkv_axes = (3, cfg.heads, cfg.head_dim), ("embed", "qkv", "heads", "head_dim")
+    if chunked(cfg):  # [B, H, T, K] each, straight from the matmul
+      q, k, v = ChunkedLinear(qkv_shape, qkv_axes, dtype, "btd,dshk->sbhtk", name="qkv")(x)
+    else:
+      qkv = Linear(qkv_shape, qkv_axes, dtype, flat=flat_matmuls(cfg), name="qkv")(x)
+      # qkv: [B, T, 3, H, K]
+      q, k, v = (jnp.swapaxes(qkv[:, :, i], 1, 2) for i in range(3))  # [B, H, T, K]
+    # The norms act on the last axis (head dim), the same in either layout.
     q = layer_norm(cfg, "q_norm", axis_name="head_dim")(q)
     k = layer_norm(cfg, "k_norm", axis_name="head_dim")(k)
 
     t = x.shape[1]
     q_pos = start + jnp.arange(t)  # [T]
-    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # [B, H, T, K]
     blocks = 1
     if cache is None:
       k_pos = q_pos
@@ -227,11 +288,15 @@ class Attention(nn.Module):
       numerics.impl(cfg, "attention_impl"), q, k, v, mask, seeds, cfg.head_dim**-0.5, rate, blocks
     )
     # out: [B, H, T, K]
-    out = jnp.swapaxes(out, 1, 2)  # [B, T, H, K]
-    out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
-    out = Linear(
-      (cfg.width,), ("heads", "head_dim", "embed"), dtype, 2, flat=flat_matmuls(cfg), name="proj"
-    )(out)  # [B, T, D]
+    proj_axes = ("heads", "head_dim", "embed")
+    if chunked(cfg):  # contracts over (H, K) where they lie
+      out = nn.with_logical_constraint(out, ("batch", "act_heads", "length", None))
+      out = ProjLinear(cfg.width, proj_axes, dtype, name="proj")(out)  # [B, T, D]
+    else:
+      out = jnp.swapaxes(out, 1, 2)  # [B, T, H, K]
+      out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
+      out = Linear((cfg.width,), proj_axes, dtype, 2, flat=flat_matmuls(cfg), name="proj")(out)
+    # out: [B, T, D]
     out = Dropout(cfg.dropout, self.deterministic)(out)
     return out, new_cache
 

@@ -12,6 +12,12 @@ default) picks the backend's default from `DEFAULTS`, the one table of per-backe
                     autodiff: the same forward under plain autodiff
   linear_impl       flat: one [N, in] x [in, out] matmul where the sharding allows;
                     dot_general: the N-d contraction (`jnp.tensordot`, as DenseGeneral)
+  split_impl        chunked: the AdaLN modulation and the qkv projection computed chunk-major
+                    ([n, B, T, D], [3, B, H, T, K]: one slab per chunk, its bias added where it
+                    is read) and the output projection contracted on [B, H, T, K] in place
+                    (`layers.ChunkedLinear`, `layers.ProjLinear`; linear_impl does not apply to
+                    these three); fused: one token-major product [B, T, n, ...] split after
+                    (`layers.Linear`), the plain reference
 
 All settings compute the same function (tests/model/test_model.py checks the golden logits
 under each).
@@ -32,6 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
   "layer_norm_impl": ("custom", "flax"),
   "gelu_dropout_impl": ("custom", "autodiff"),
   "linear_impl": ("flat", "dot_general"),
+  "split_impl": ("chunked", "fused"),
 }
 AUTO = "auto"
 
@@ -40,6 +47,7 @@ LIBRARY = {
   "layer_norm_impl": "flax",
   "gelu_dropout_impl": "autodiff",
   "linear_impl": "dot_general",
+  "split_impl": "fused",
 }
 DEFAULTS: dict[str, dict[str, str]] = {
   # Measured fastest on the 2-core CPU (docs/measurements/performance.md, CPU table).
@@ -48,11 +56,24 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "layer_norm_impl": "custom",
     "gelu_dropout_impl": "custom",
     "linear_impl": "flat",
+    "split_impl": "fused",
   },
-  # From the TPU compiler's per-layer costs (docs/measurements/performance.md, TPU table): the
-  # hand-written attention is cheaper in time and bytes (and in training memory); the others are
-  # not.
-  "tpu": {**LIBRARY, "attention_impl": "custom"},
+  # From the TPU compiler (docs/measurements/performance.md, TPU): each default is chosen by two
+  # figures, the time estimate of the train step (`bench --compile_only`, unrolled 1- and
+  # 2-layer programs) and the memory of the full-depth scanned program at the official batch
+  # (`rar-plan --config=configs/imagenet.py:XXL --topology=v5p-128`). The hand-written attention
+  # wins on time; the hand-written layer norm and GELU + dropout cost the same time but keep the
+  # scanned program's saved activations small (the library paths' autodiff residuals took RAR-XXL
+  # from 62 to 94 GiB per chip); the chunked split removes the AdaLN/qkv layout copies and the
+  # lone bias-gradient reduce (the compiler's cycle estimates) and 1 GiB of RAR-XXL's scanned
+  # program, at the same per-layer time estimate; the flat matmul costs time on the TPU.
+  "tpu": {
+    "attention_impl": "custom",
+    "layer_norm_impl": "custom",
+    "gelu_dropout_impl": "custom",
+    "linear_impl": "dot_general",
+    "split_impl": "chunked",
+  },
   # Library paths until a GPU measurement says otherwise.
   "gpu": dict(LIBRARY),
 }

@@ -54,6 +54,7 @@ class ModelConfig:
   layer_norm_impl: str = "auto"
   gelu_dropout_impl: str = "auto"
   linear_impl: str = "auto"
+  split_impl: str = "auto"
 
   @property
   def head_dim(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -100,3 +101,44 @@ def per_layer(
     "one_layer": small[0],
     "compile_s": time.perf_counter() - start,
   }
+
+
+# What an instruction of the train step does, from the `op_name` metadata the model's module
+# and function names leave in the HLO: (group, regular expression), the first match wins.
+CYCLE_GROUPS: tuple[tuple[str, str], ...] = (
+  ("AdaLN modulation", r"/adaln/|/layers_\d+/(add|mul)$|/final/(add|mul)$"),
+  ("qkv + projection", r"/attn/(qkv|proj|add_any)"),
+  ("MLP matmuls", r"/mlp/fc\d"),
+  ("MLP GELU + dropout", r"/mlp/"),
+  ("LayerNorms", r"/(q_norm|k_norm|norm1|norm2|final/norm)/"),
+  ("attention core", r"/attn/"),
+  ("embedding, head and loss", r"RAR\)|jvp\(\)"),
+)
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%\S+ = .*? ([a-z][\w-]*)\(")
+
+
+def cycle_shares(hlo_text: str) -> dict[str, float]:
+  """Shares of the TPU compiler's `estimated_cycles` in a compiled program's entry computation
+  (`compiled.as_text()`), grouped by `CYCLE_GROUPS`; layout copies and transposes that no group
+  names are "layout copies", the rest (the optimizer, collectives) "other"."""
+  cycles: dict[str, float] = {}
+  inside = False
+  for line in hlo_text.splitlines():
+    if line.startswith("ENTRY"):
+      inside = True
+      continue
+    if not inside:
+      continue
+    if line.startswith("}"):
+      break
+    match, found = _INSTRUCTION.match(line), re.search(r'"estimated_cycles":"(\d+)"', line)
+    if not match or not found:
+      continue
+    op = re.search(r'op_name="([^"]*)"', line)
+    name = op.group(1) if op else ""
+    group = next((g for g, pattern in CYCLE_GROUPS if re.search(pattern, name)), None)
+    if group is None:
+      group = "layout copies" if match.group(1) in ("copy", "transpose") else "other"
+    cycles[group] = cycles.get(group, 0.0) + float(found.group(1))
+  total = sum(cycles.values())
+  return {g: c / total for g, c in sorted(cycles.items(), key=lambda kv: -kv[1])} if total else {}

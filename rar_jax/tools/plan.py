@@ -25,7 +25,6 @@ import math
 import os
 import re
 import runpy
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ from rar_jax import sharding
 from rar_jax.infra import atomic_files, device_memory
 from rar_jax.infra.chips import CHIPS, GIB, Chip, chip_by_name, parse_topology
 from rar_jax.model.presets import ModelConfig
-from rar_jax.tools import tpu_compiler
+from rar_jax.tools import compiled_costs, tpu_compiler
 from rar_jax.training import metrics, optim, train, train_state, train_step
 
 
@@ -133,26 +132,6 @@ def _compile(config: Any, plan: train.Plan, cfg: ModelConfig) -> tuple[Any, Any,
   return compiled, abstract, lower_s, compile_s
 
 
-def cost(compiled: Any) -> dict[str, float]:
-  """XLA's cost analysis of a compiled program (per device): flops, "bytes accessed" and, from
-  the TPU compiler, its time estimate "optimal_seconds"."""
-  found = compiled.cost_analysis()
-  if isinstance(found, (list, tuple)):
-    found = found[0] if found else None
-  if not found or "flops" not in found:
-    raise RuntimeError("XLA cost_analysis reported no flops")
-  keys = ("flops", "bytes accessed", "optimal_seconds")
-  return {k: float(found[k]) for k in keys if k in found}
-
-
-def per_depth(small: Sequence[dict[str, float]], depth: int) -> dict[str, float]:
-  """Extrapolates the costs of unrolled 1- and 2-layer programs to `depth` layers:
-  C(depth) = C(1) + (depth - 1) x (C(2) - C(1)), exact for a stack of identical layers."""
-  if len(small) == 1:
-    return dict(small[0])
-  return {k: small[0][k] + (depth - 1) * (small[1][k] - small[0][k]) for k in small[0]}
-
-
 def analyze(
   config: Any, devices: Sequence[Any], config_name: str = "", xla_flops: bool = True
 ) -> Analysis:
@@ -161,21 +140,17 @@ def analyze(
 
   With model.scan_layers, XLA's cost analysis counts the scanned layer once; the FLOPs then come
   from unrolled 1- and 2-layer compiles, F(depth) = F(1) + (depth - 1) * (F(2) - F(1)), which is
-  exact for a stack of identical layers.
+  exact for a stack of identical layers. For the TPU compiler those compiles always run (also
+  without `xla_flops`): they give its step-time estimate ("optimal_seconds"), which a scanned
+  program's analysis also counts once.
   """
   plan = train.resolve(config, devices)
   cfg = plan.model
   compiled, abstract, lower_s, compile_s = _compile(config, plan, cfg)
-  stats = compiled.memory_analysis()
-  if stats is None:
+  if compiled.memory_analysis() is None:
     raise RuntimeError("this XLA backend gives no memory_analysis")
-  memory = {
-    "argument": int(stats.argument_size_in_bytes),
-    "output": int(stats.output_size_in_bytes),
-    "alias": int(stats.alias_size_in_bytes),
-    "temp": int(stats.temp_size_in_bytes),
-    "generated_code": int(stats.generated_code_size_in_bytes),
-  }
+  whole = compiled_costs.analysis(compiled)
+  memory = {k: int(whole[k]) for k in compiled_costs.MEMORY_KEYS}
   dp = sharding.data_parallel_size(plan.mesh)
   batch_bytes = (plan.global_batch // dp) * (cfg.seq_len + 1) * 4
   analytic_bytes = {
@@ -185,24 +160,24 @@ def analyze(
   }
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
 
-  flops_s = 0.0
-  xla, method, seconds = None, "not computed (--noxla_flops)", None
-  if xla_flops and not cfg.scan_layers:
-    costs, method = cost(compiled), "compiled step as configured (layers unrolled)"
-  elif xla_flops:
-    start = time.perf_counter()
-    small = [
-      cost(_compile(config, plan, dataclasses.replace(cfg, depth=d, scan_layers=False))[0])
-      for d in (1, 2)[: min(cfg.depth, 2)]
-    ]
-    costs = per_depth(small, cfg.depth)
-    flops_s = time.perf_counter() - start
+  tpu = devices[0].platform == "tpu"
+  flops_s, costs = 0.0, None
+  method = "not computed (--noxla_flops)"
+  if not cfg.scan_layers and (xla_flops or tpu):
+    costs, method = whole, "compiled step as configured (layers unrolled)"
+  elif xla_flops or tpu:  # the TPU compiler's time estimate is always wanted
+    small = compiled_costs.per_layer(lambda c: _compile(config, plan, c)[0], cfg)
+    costs, flops_s = small["at_depth"], small["compile_s"]
     method = (
       "F(1) + (depth-1) x (F(2) - F(1)) from unrolled 1- and 2-layer compiles "
       "(cost_analysis counts a scanned layer once)"
     )
-  if xla_flops:
-    xla, seconds = costs["flops"], costs.get("optimal_seconds")
+  if costs is not None and "flops" not in costs:
+    raise RuntimeError("XLA cost_analysis reported no flops")
+  xla = costs["flops"] if costs is not None else None
+  seconds = costs.get("optimal_seconds") if costs is not None and tpu else None
+  if seconds is not None and seconds <= 0:  # libtpu 0.0.42 gives negative ones for v6e
+    seconds = None
   return Analysis(
     config_name=config_name,
     model=cfg,
@@ -219,7 +194,7 @@ def analyze(
     analytic_flops=metrics.train_flops_per_sequence(cfg) * plan.global_batch,
     xla_flops_per_device=xla,
     xla_flops_method=method,
-    compiler=devices[0].platform if devices[0].platform == "tpu" else "cpu",
+    compiler="tpu" if tpu else "cpu",
     xla_seconds_estimate=seconds,
   )
 
@@ -239,6 +214,10 @@ class Estimate:
   images_per_s: float
   train_hours: float
   chip_hours: float
+  # The TPU compiler's own step time (cost_analysis optimal_seconds) and the MFU it implies
+  # (analytic model FLOPs / (chips x peak x that time)); None without a usable estimate.
+  compiler_step_s: float | None = None
+  compiler_mfu: float | None = None
 
   @property
   def verdict(self) -> str:
@@ -257,6 +236,7 @@ def estimate(a: Analysis, chip: Chip, mfu: float, hbm_gib: float | None = None) 
   needs = a.peak_bytes / GIB
   step_s = a.analytic_flops / (a.num_devices * peak * 1e12 * mfu)
   hours = a.total_steps * step_s / 3600
+  seconds = a.xla_seconds_estimate
   return Estimate(
     chip=chip.name,
     hbm_gib=hbm,
@@ -271,6 +251,10 @@ def estimate(a: Analysis, chip: Chip, mfu: float, hbm_gib: float | None = None) 
     images_per_s=a.global_batch / step_s,
     train_hours=hours,
     chip_hours=hours * a.num_devices,
+    compiler_step_s=seconds,
+    compiler_mfu=None
+    if seconds is None
+    else a.analytic_flops / (a.num_devices * peak * 1e12 * seconds),
   )
 
 
@@ -316,7 +300,9 @@ def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) ->
       else f"XLA:CPU on {n} simulated CPU devices (stand-in)"
     )
     + (
-      f"; + {a.flops_compile_s:.1f} s of compiles for the FLOP count" if a.flops_compile_s else ""
+      f"; + {a.flops_compile_s:.1f} s of 1- and 2-layer compiles (FLOPs, time estimate)"
+      if a.flops_compile_s
+      else ""
     ),
     "",
     "Memory per device (XLA memory_analysis of the compiled step; the SPMD module is one "
@@ -366,10 +352,16 @@ def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) ->
       f"{_duration(e.step_s_xla)}, {a.total_steps:,} steps = "
       f"{_duration(a.total_steps * e.step_s_xla)}"
     )
-  if a.xla_seconds_estimate is not None:
+  if e.compiler_step_s is not None:
     lines.append(
       f"  the TPU compiler's own estimate (cost_analysis optimal_seconds): step "
-      f"{_duration(a.xla_seconds_estimate)}"
+      f"{_duration(e.compiler_step_s)} = {e.compiler_mfu:.1%} MFU; {a.total_steps:,} steps = "
+      f"{_duration(a.total_steps * e.compiler_step_s)}"
+    )
+  elif a.compiler == "tpu":
+    lines.append(
+      "  the TPU compiler gives no usable time estimate for this program (a negative "
+      "optimal_seconds; libtpu 0.0.42 gives one for every v6e program)"
     )
   lines.append("")
   if a.compiler == "tpu":

@@ -162,9 +162,10 @@ def test_causality_and_order_travel_together():
 
 
 @pytest.mark.slow
-def test_kv_cache_matches_full_forward():
+@pytest.mark.parametrize("split_impl", ["fused", "chunked"])
+def test_kv_cache_matches_full_forward(split_impl):
   """Prefill [cls, class] then one token per call through the cache = the full forward."""
-  cfg = _small_cfg()
+  cfg = _small_cfg(split_impl=split_impl)
   params = convert.from_official(_random_official(cfg), cfg)
   rng = np.random.default_rng(3)
   tokens = jnp.asarray(rng.integers(0, 64, (2, 16)))
@@ -200,8 +201,9 @@ def test_dropout_only_in_training():
 
 
 @pytest.mark.slow
-def test_sharded_init_and_logits_match_single_device():
-  cfg = _small_cfg()
+@pytest.mark.parametrize("split_impl", ["fused", "chunked"])
+def test_sharded_init_and_logits_match_single_device(split_impl):
+  cfg = _small_cfg(split_impl=split_impl)
   mesh = sharding.make_mesh((2, 2, 2))
   params = rar.init_params_sharded(cfg, jax.random.key(0), mesh)
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):

@@ -1,5 +1,6 @@
 """The capacity planner: topologies, and a compile of the digits step on 8 simulated devices."""
 
+import dataclasses
 import os
 
 import jax
@@ -89,6 +90,14 @@ def test_plan_memory_flops_and_verdicts(planned):
 
   # 50% MFU of v5e's 197 TFLOP/s.
   assert fits.step_s == pytest.approx(analysis.analytic_flops / (8 * 197e12 * 0.5))
+
+  # A TPU compiler's time estimate: printed with the MFU it implies (analytic model FLOPs).
+  tpu = dataclasses.replace(analysis, compiler="tpu", xla_seconds_estimate=fits.step_s * 2)
+  est = plan.estimate(tpu, chip, mfu=0.5)
+  assert est.compiler_step_s == fits.step_s * 2 and est.compiler_mfu == pytest.approx(0.25)
+  text = plan.render(tpu, est, chip)
+  assert "the TPU compiler's own estimate (cost_analysis optimal_seconds)" in text
+  assert "= 25.0% MFU" in text
 
 
 def test_plan_rejects_bad_arguments():
