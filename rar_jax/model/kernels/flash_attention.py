@@ -21,8 +21,8 @@ over the [B, H, T, S] array with the global batch and head indices, hence the sa
 the reference path, regenerated identically by the backward kernels.
 
 On a TPU the kernels compile with Mosaic; elsewhere they run in Pallas' TPU interpret mode (the
-CPU tests), chosen at lowering time (`jax.lax.platform_dependent`), so a program compiled ahead
-of time for a TPU from a CPU host gets the real kernels. The cost model of XLA does not see into
+CPU tests). The platform is the active mesh's (`target_platform`), so a program compiled ahead of
+time for a TPU topology from a CPU host gets the real kernels. The cost model of XLA does not see into
 the kernels, so every traced call reports its FLOPs and HBM bytes to `accounting`.
 
 Shapes: B batch, H heads, T positions (queries = keys), D head dim, P = T padded to 128.
@@ -134,7 +134,7 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
   """One (batch, query block): every head against key blocks 0..i.
 
   q_t_ref [1, H, D, BLOCK]; k_ref [1, H, P, D]; v_t_ref [1, H, D, P];
-  o_t_ref [1, H, D, BLOCK] (output, transposed); lse_ref [1, H, BLOCK] (logsumexp).
+  o_t_ref [1, H, D, BLOCK] (output, transposed); lse_ref [1, H, 1, BLOCK] (logsumexp).
   """
   b, i = pl.program_id(0), pl.program_id(1)
   heads, d = q_t_ref.shape[1], q_t_ref.shape[2]
@@ -168,7 +168,7 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
     )
     m, l, acc = lax.fori_loop(0, i + 1, key_block, init)
     o_t_ref[0, h] = (acc * (1.0 / ((1.0 - rate) * l))).astype(o_t_ref.dtype)
-    lse_ref[0, pl.ds(h, 1), :] = m + jnp.log(l)
+    lse_ref[0, h] = m + jnp.log(l)
     return carry
 
   lax.fori_loop(0, heads, head, 0)
@@ -194,7 +194,7 @@ def _dkv_kernel(
 ):
   """One (batch, key block j): every head against query blocks j..end.
 
-  k_ref, v_ref [1, H, BLOCK, D]; q_t_ref, do_t_ref [1, H, D, P]; lse_ref, di_ref [1, H, P];
+  k_ref, v_ref [1, H, BLOCK, D]; q_t_ref, do_t_ref [1, H, D, P]; lse_ref, di_ref [1, H, 1, P];
   dk_ref, dv_ref [1, H, BLOCK, D].
   """
   b, j = pl.program_id(0), pl.program_id(1)
@@ -210,8 +210,8 @@ def _dkv_kernel(
       query0 = pl.multiple_of(i * BLOCK, BLOCK)
       q_t = q_t_ref[0, h, :, pl.ds(query0, BLOCK)]  # [D, BLOCK]
       do_t = do_t_ref[0, h, :, pl.ds(query0, BLOCK)]
-      lse = lse_ref[0, pl.ds(h, 1), pl.ds(query0, BLOCK)]  # [1, BLOCK]
-      di = di_ref[0, pl.ds(h, 1), pl.ds(query0, BLOCK)]
+      lse = lse_ref[0, h, :, pl.ds(query0, BLOCK)]  # [1, BLOCK]
+      di = di_ref[0, h, :, pl.ds(query0, BLOCK)]
       dropped, ds = _probs_and_dlogits(
         scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di
       )
@@ -233,7 +233,7 @@ def _dq_kernel(
 ):
   """One (batch, query block i): every head against key blocks 0..i.
 
-  q_t_ref, do_t_ref [1, H, D, BLOCK]; lse_ref, di_ref [1, H, BLOCK]; k_ref, v_ref [1, H, P, D];
+  q_t_ref, do_t_ref [1, H, D, BLOCK]; lse_ref, di_ref [1, H, 1, BLOCK]; k_ref, v_ref [1, H, P, D];
   k_t_ref [1, H, D, P]; dq_t_ref [1, H, D, BLOCK].
   """
   b, i = pl.program_id(0), pl.program_id(1)
@@ -242,7 +242,7 @@ def _dq_kernel(
 
   def head(h, carry):
     q_t, do_t = q_t_ref[0, h], do_t_ref[0, h]  # [D, BLOCK]
-    lse, di = lse_ref[0, pl.ds(h, 1), :], di_ref[0, pl.ds(h, 1), :]  # [1, BLOCK]
+    lse, di = lse_ref[0, h], di_ref[0, h]  # [1, BLOCK]
 
     def key_block(j, dq_t):
       key0 = pl.multiple_of(j * BLOCK, BLOCK)
@@ -265,25 +265,27 @@ def _dq_kernel(
 # Calls.
 
 
+def target_platform() -> str:
+  """The platform the program being traced is for: the active mesh's devices' (an ahead-of-time
+  compile for a TPU topology from a CPU host), else the default backend."""
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
 def _call(kernel, out_shape, grid, in_specs, out_specs, name, scalars, *args):
-  """pallas_call on the lowering platform: Mosaic on a TPU, interpret mode elsewhere."""
-
-  def run(interpret):
-    spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=1, grid=grid, in_specs=in_specs, out_specs=out_specs
-    )
-    return pl.pallas_call(
-      kernel,
-      out_shape=out_shape,
-      grid_spec=spec,
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
-      interpret=interpret,
-      name=name,
-    )(scalars, *args)
-
-  return lax.platform_dependent(
-    tpu=lambda: run(False), default=lambda: run(pltpu.InterpretParams())
+  """pallas_call for the target platform: Mosaic on a TPU, Pallas' TPU interpret mode elsewhere
+  (the CPU tests)."""
+  spec = pltpu.PrefetchScalarGridSpec(
+    num_scalar_prefetch=1, grid=grid, in_specs=in_specs, out_specs=out_specs
   )
+  return pl.pallas_call(
+    kernel,
+    out_shape=out_shape,
+    grid_spec=spec,
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+    interpret=False if target_platform() == "tpu" else pltpu.InterpretParams(),
+    name=name,
+  )(scalars, *args)
 
 
 def _blocks(p: int) -> int:
@@ -304,7 +306,7 @@ def _record(name: str, b: int, h: int, p: int, d: int, matmuls: int, bytes_: flo
 
 
 def _forward(q_t, k, v_t, scalars, scale, rate, t):
-  """o_t [B, H, D, P] (q's dtype) and lse [B, H, P] f32 from the padded, laid-out inputs."""
+  """o_t [B, H, D, P] (q's dtype) and lse [B, H, 1, P] f32 from the padded, laid-out inputs."""
   b, h, d, p = q_t.shape
   n = _blocks(p)
   item = q_t.dtype.itemsize
@@ -313,7 +315,7 @@ def _forward(q_t, k, v_t, scalars, scale, rate, t):
   kernel = functools.partial(_fwd_kernel, scale=scale, rate=rate, t=t)
   return _call(
     kernel,
-    (jax.ShapeDtypeStruct((b, h, d, p), q_t.dtype), jax.ShapeDtypeStruct((b, h, p), _F32)),
+    (jax.ShapeDtypeStruct((b, h, d, p), q_t.dtype), jax.ShapeDtypeStruct((b, h, 1, p), _F32)),
     (b, n),
     [
       pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
@@ -322,7 +324,7 @@ def _forward(q_t, k, v_t, scalars, scale, rate, t):
     ],
     [
       pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
-      pl.BlockSpec((1, h, BLOCK), lambda bi, i, s: (bi, 0, i)),
+      pl.BlockSpec((1, h, 1, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
     ],
     "flash_attention_fwd",
     scalars,
@@ -337,9 +339,9 @@ def _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate, t):
   b, h, d, p = q_t.shape
   n = _blocks(p)
   item = q_t.dtype.itemsize
-  di = jnp.sum(do_t.astype(_F32) * o_t.astype(_F32), axis=2)  # [B, H, P]
+  di = jnp.sum(do_t.astype(_F32) * o_t.astype(_F32), axis=2, keepdims=True)  # [B, H, 1, P]
   k_t = jnp.swapaxes(k, 2, 3)  # [B, H, D, P]
-  stats = (1, h, BLOCK)
+  stats = (1, h, 1, BLOCK)
   kw = dict(scale=scale, rate=rate, t=t)
   # dk/dv: k, v read and dk, dv written once; q, do, lse, di read once per sample.
   _record("flash_attention_dkv", b, h, p, d, 4, b * h * p * (6 * d * item + 8))
@@ -352,8 +354,8 @@ def _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate, t):
       pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
       pl.BlockSpec((1, h, d, p), lambda bi, j, s: (bi, 0, 0, 0)),
       pl.BlockSpec((1, h, d, p), lambda bi, j, s: (bi, 0, 0, 0)),
-      pl.BlockSpec((1, h, p), lambda bi, j, s: (bi, 0, 0)),
-      pl.BlockSpec((1, h, p), lambda bi, j, s: (bi, 0, 0)),
+      pl.BlockSpec((1, h, 1, p), lambda bi, j, s: (bi, 0, 0, 0)),
+      pl.BlockSpec((1, h, 1, p), lambda bi, j, s: (bi, 0, 0, 0)),
     ],
     [
       pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
@@ -377,8 +379,8 @@ def _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate, t):
     [
       pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
       pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
-      pl.BlockSpec(stats, lambda bi, i, s: (bi, 0, i)),
-      pl.BlockSpec(stats, lambda bi, i, s: (bi, 0, i)),
+      pl.BlockSpec(stats, lambda bi, i, s: (bi, 0, 0, i)),
+      pl.BlockSpec(stats, lambda bi, i, s: (bi, 0, 0, i)),
       pl.BlockSpec((1, h, p, d), lambda bi, i, s: (bi, 0, 0, 0)),
       pl.BlockSpec((1, h, p, d), lambda bi, i, s: (bi, 0, 0, 0)),
       pl.BlockSpec((1, h, d, p), lambda bi, i, s: (bi, 0, 0, 0)),
