@@ -22,7 +22,7 @@ the reference path, regenerated identically by the backward kernels.
 
 On a TPU the kernels compile with Mosaic; elsewhere they run in Pallas' TPU interpret mode (the
 CPU tests). The platform is the active mesh's (`target_platform`), so a program compiled ahead of
-time for a TPU topology from a CPU host gets the real kernels. The cost model of XLA does not see into
+time for a TPU topology from a CPU host gets the real kernels. XLA's cost model does not see into
 the kernels, so every traced call reports its FLOPs and HBM bytes to `accounting`.
 
 Shapes: B batch, H heads, T positions (queries = keys), D head dim, P = T padded to 128.
@@ -144,7 +144,7 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
     q_t = q_t_ref[0, h]  # [D, BLOCK]
 
     def key_block(j, state):
-      m, l, acc = state  # [1, BLOCK], [1, BLOCK], [D, BLOCK]
+      m, total, acc = state  # running max, sum [1, BLOCK]; output [D, BLOCK]
       key0 = pl.multiple_of(j * BLOCK, BLOCK)
       k = k_ref[0, h, pl.ds(key0, BLOCK), :]  # [BLOCK, D]
       s_t = lax.dot_general(k, q_t, _NN, preferred_element_type=_F32) * scale  # [keys, queries]
@@ -152,23 +152,23 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
       m_new = jnp.maximum(m, jnp.max(s_t, axis=0, keepdims=True))
       p = jnp.exp(s_t - m_new)
       alpha = jnp.exp(m - m_new)
-      l = alpha * l + jnp.sum(p, axis=0, keepdims=True)
+      total = alpha * total + jnp.sum(p, axis=0, keepdims=True)
       if rate > 0.0:
         p = jnp.where(_block_keep(scalars, rate, t, b, h, key0, query0), p, 0.0)
       v_t = v_t_ref[0, h, :, pl.ds(key0, BLOCK)]  # [D, BLOCK]
       acc = alpha * acc + lax.dot_general(
         v_t, p.astype(v_t.dtype), _NN, preferred_element_type=_F32
       )
-      return m_new, l, acc
+      return m_new, total, acc
 
     init = (
       jnp.full((1, BLOCK), _MASK_VALUE, _F32),
       jnp.zeros((1, BLOCK), _F32),
       jnp.zeros((d, BLOCK), _F32),
     )
-    m, l, acc = lax.fori_loop(0, i + 1, key_block, init)
-    o_t_ref[0, h] = (acc * (1.0 / ((1.0 - rate) * l))).astype(o_t_ref.dtype)
-    lse_ref[0, h] = m + jnp.log(l)
+    m, total, acc = lax.fori_loop(0, i + 1, key_block, init)
+    o_t_ref[0, h] = (acc * (1.0 / ((1.0 - rate) * total))).astype(o_t_ref.dtype)
+    lse_ref[0, h] = m + jnp.log(total)
     return carry
 
   lax.fori_loop(0, heads, head, 0)
