@@ -5,7 +5,12 @@ default) picks the backend's default from `DEFAULTS`, the one table of per-backe
 
   attention_impl    custom: hand-written backward + causal query blocks (`model.attention`);
                     autodiff: plain autodiff of the same forward; xla: `jax.nn.dot_product_
-                    attention` where no attention dropout applies (sampling, eval), else autodiff
+                    attention` where no attention dropout applies (sampling, eval), else autodiff;
+                    pallas: the fused Pallas TPU kernels with in-kernel dropout for causal
+                    self-attention (`model.kernels.flash_attention`; Pallas' interpret mode off
+                    a TPU, for tests), custom with a KV cache; cudnn: `jax.nn.dot_product_
+                    attention(implementation="cudnn")` (GPU, bf16) where no attention dropout
+                    applies, else custom
   layer_norm_impl   custom: hand-written backward (`model.normalization`);
                     flax: `flax.linen.LayerNorm(use_fast_variance=False)`
   gelu_dropout_impl custom: GELU + dropout with a hand-written backward (`model.dropout`);
@@ -13,8 +18,8 @@ default) picks the backend's default from `DEFAULTS`, the one table of per-backe
   linear_impl       flat: one [N, in] x [in, out] matmul where the sharding allows;
                     dot_general: the N-d contraction (`jnp.tensordot`, as DenseGeneral)
 
-All settings compute the same function (tests/test_model.py checks the golden logits under each).
-The evidence for each default is in docs/measurements/performance.md: CPU from
+All settings compute the same function (tests/model/test_model.py checks the golden logits under
+each). The evidence for each default is in docs/measurements/performance.md: CPU from
 `rar_jax.tools.bench` runs, TPU from the TPU compiler (`bench --compile_only`), GPU pending a
 measurement (`launch/gpu_bench.sh`), so the GPU keeps the library paths.
 """
@@ -27,7 +32,7 @@ from typing import Any
 import jax
 
 CHOICES: dict[str, tuple[str, ...]] = {
-  "attention_impl": ("custom", "autodiff", "xla"),
+  "attention_impl": ("custom", "autodiff", "xla", "pallas", "cudnn"),
   "layer_norm_impl": ("custom", "flax"),
   "gelu_dropout_impl": ("custom", "autodiff"),
   "linear_impl": ("flat", "dot_general"),

@@ -1,4 +1,4 @@
-"""The fused Pallas attention (Pallas TPU interpret mode on the CPU) against the reference
+"""The fused Pallas attention (Pallas interpret mode on the CPU) against the reference
 attention: values, gradients, its dropout mask and rate, sharding, and its cost records."""
 
 import jax

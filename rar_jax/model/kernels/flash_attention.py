@@ -20,7 +20,7 @@ head, query, key) in int32 arithmetic (`keep_bits`): the same bits as `dropout.b
 over the [B, H, T, S] array with the global batch and head indices, hence the same mask as
 the reference path, regenerated identically by the backward kernels.
 
-On a TPU the kernels compile with Mosaic; elsewhere they run in Pallas' TPU interpret mode (the
+On a TPU the kernels compile with Mosaic; elsewhere they run in Pallas' interpret mode (the
 CPU tests). The platform is the active mesh's (`target_platform`), so a program compiled ahead of
 time for a TPU topology from a CPU host gets the real kernels. XLA's cost model does not see into
 the kernels, so every traced call reports its FLOPs and HBM bytes to `accounting`.
@@ -273,7 +273,7 @@ def target_platform() -> str:
 
 
 def _call(kernel, out_shape, grid, in_specs, out_specs, name, scalars, *args):
-  """pallas_call for the target platform: Mosaic on a TPU, Pallas' TPU interpret mode elsewhere
+  """pallas_call for the target platform: Mosaic on a TPU, Pallas' interpret mode elsewhere
   (the CPU tests)."""
   spec = pltpu.PrefetchScalarGridSpec(
     num_scalar_prefetch=1, grid=grid, in_specs=in_specs, out_specs=out_specs
@@ -283,7 +283,7 @@ def _call(kernel, out_shape, grid, in_specs, out_specs, name, scalars, *args):
     out_shape=out_shape,
     grid_spec=spec,
     compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
-    interpret=False if target_platform() == "tpu" else pltpu.InterpretParams(),
+    interpret=target_platform() != "tpu",
     name=name,
   )(scalars, *args)
 
