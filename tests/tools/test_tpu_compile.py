@@ -180,3 +180,45 @@ def test_bench_compile_only_counts_every_sampler_step():
   analytic = result["flops"] / 4  # per chip of the 4-chip slice, all on the data axis
   assert 0.5 < compiled / analytic < 2.0, (compiled, analytic)
   assert result["step_s"] > 0
+
+
+def test_flash_attention_compiles_for_v5p_and_v6e():
+  """The fused attention's forward and backward kernels (Mosaic) with dropout, head dim 80 and
+  T = 258 (three query blocks), batch and heads split by the mesh (shard_map)."""
+  from rar_jax.model.kernels import accounting, flash_attention  # noqa: PLC0415
+
+  for topology, shape in (("v5p:2x2x1", (2, 1, 2)), ("v6e:2x2", (1, 2, 2))):
+    mesh = _mesh(topology, shape)
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), "tensor"))
+    x = jax.ShapeDtypeStruct((4, 4, 258, 80), jnp.bfloat16, sharding=spec)
+    seeds = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
+
+    def loss(q, k, v, seeds):
+      out = flash_attention.sharded_attention(
+        q, k, v, seeds, 80**-0.5, 0.1, ("data", "fsdp"), ("tensor",)
+      )
+      return jnp.sum(out.astype(jnp.float32))
+
+    with sharding.activate(mesh), accounting.collect() as calls:
+      compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, seeds).compile()
+    assert "tpu_custom_call" in compiled.as_text()
+    names = sorted(c.name for c in calls)
+    assert names == ["flash_attention_dkv", "flash_attention_dq", "flash_attention_fwd"]
+    assert compiled.input_shardings[0][0].spec == spec.spec  # q stays split, no gather
+
+
+def test_kernel_accounting_matches_the_compiler_on_xla_twins():
+  """The kernels' own counts (`kernel_cost_check`) against the compiler's figures for the same
+  ops in plain XLA: an elementwise kernel's bytes and time, a matmul's FLOPs and time."""
+  from rar_jax.tools import kernel_cost_check  # noqa: PLC0415
+
+  rows = {row["name"]: row for row in kernel_cost_check.check("v5p:2x2x1")}
+  scale, matmul = rows["scale"], rows["matmul"]
+  assert scale["compiler_on_pallas"]["bytes accessed"] < 0.01 * scale["kernel"]["bytes"]
+  ratio = scale["kernel"]["bytes"] / scale["compiler_on_xla"]["bytes accessed"]
+  assert 0.95 < ratio < 1.05, scale
+  ratio = scale["kernel"]["seconds"] / scale["compiler_on_xla"]["optimal_seconds"]
+  assert 0.8 < ratio < 1.25, scale
+  assert matmul["kernel"]["flops"] == pytest.approx(matmul["compiler_on_xla"]["flops"], rel=0.01)
+  ratio = matmul["kernel"]["seconds"] / matmul["compiler_on_xla"]["optimal_seconds"]
+  assert 0.8 < ratio < 1.25, matmul

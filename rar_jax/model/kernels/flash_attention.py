@@ -143,12 +143,13 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
   def head(h, carry):
     q_t = q_t_ref[0, h]  # [D, BLOCK]
 
-    def key_block(j, state):
+    def key_block(j, state, diagonal=False):
       m, total, acc = state  # running max, sum [1, BLOCK]; output [D, BLOCK]
       key0 = pl.multiple_of(j * BLOCK, BLOCK)
       k = k_ref[0, h, pl.ds(key0, BLOCK), :]  # [BLOCK, D]
       s_t = lax.dot_general(k, q_t, _NN, preferred_element_type=_F32) * scale  # [keys, queries]
-      s_t = jnp.where(_causal(key0, query0), s_t, _MASK_VALUE)
+      if diagonal:  # the causal mask cuts only the diagonal block
+        s_t = jnp.where(_causal(key0, query0), s_t, _MASK_VALUE)
       m_new = jnp.maximum(m, jnp.max(s_t, axis=0, keepdims=True))
       p = jnp.exp(s_t - m_new)
       alpha = jnp.exp(m - m_new)
@@ -166,7 +167,8 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
       jnp.zeros((1, BLOCK), _F32),
       jnp.zeros((d, BLOCK), _F32),
     )
-    m, total, acc = lax.fori_loop(0, i + 1, key_block, init)
+    state = lax.fori_loop(0, i, key_block, init)
+    m, total, acc = key_block(i, state, diagonal=True)
     o_t_ref[0, h] = (acc * (1.0 / ((1.0 - rate) * total))).astype(o_t_ref.dtype)
     lse_ref[0, h] = m + jnp.log(total)
     return carry
@@ -174,11 +176,15 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
   lax.fori_loop(0, heads, head, 0)
 
 
-def _probs_and_dlogits(scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di):
+def _probs_and_dlogits(
+  scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal
+):
   """The recomputed block: dropped probabilities [keys, queries] (dv's operand) and the logit
-  gradient times scale [keys, queries]."""
+  gradient times scale [keys, queries]; causally masked if `diagonal`."""
   s_t = lax.dot_general(k, q_t, _NN, preferred_element_type=_F32) * scale
-  p = jnp.where(_causal(key0, query0), jnp.exp(s_t - lse), 0.0)  # [keys, queries]
+  p = jnp.exp(s_t - lse)  # [keys, queries]
+  if diagonal:
+    p = jnp.where(_causal(key0, query0), p, 0.0)
   dp = lax.dot_general(v, do_t, _NN, preferred_element_type=_F32)  # d(dropped probs)
   dropped = p
   if rate > 0.0:
@@ -205,7 +211,7 @@ def _dkv_kernel(
   def head(h, carry):
     k, v = k_ref[0, h], v_ref[0, h]  # [BLOCK, D]
 
-    def query_block(i, grads):
+    def query_block(i, grads, diagonal=False):
       dk, dv = grads
       query0 = pl.multiple_of(i * BLOCK, BLOCK)
       q_t = q_t_ref[0, h, :, pl.ds(query0, BLOCK)]  # [D, BLOCK]
@@ -213,14 +219,15 @@ def _dkv_kernel(
       lse = lse_ref[0, h, :, pl.ds(query0, BLOCK)]  # [1, BLOCK]
       di = di_ref[0, h, :, pl.ds(query0, BLOCK)]
       dropped, ds = _probs_and_dlogits(
-        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di
+        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal
       )
       dv = dv + lax.dot_general(dropped.astype(do_t.dtype), do_t, _NT, preferred_element_type=_F32)
       dk = dk + lax.dot_general(ds.astype(q_t.dtype), q_t, _NT, preferred_element_type=_F32)
       return dk, dv
 
     zeros = jnp.zeros((BLOCK, d), _F32)
-    dk, dv = lax.fori_loop(j, blocks, query_block, (zeros, zeros))
+    grads = query_block(j, (zeros, zeros), diagonal=True)
+    dk, dv = lax.fori_loop(j + 1, blocks, query_block, grads)
     dk_ref[0, h] = dk.astype(dk_ref.dtype)
     dv_ref[0, h] = dv.astype(dv_ref.dtype)
     return carry
@@ -244,17 +251,18 @@ def _dq_kernel(
     q_t, do_t = q_t_ref[0, h], do_t_ref[0, h]  # [D, BLOCK]
     lse, di = lse_ref[0, h], di_ref[0, h]  # [1, BLOCK]
 
-    def key_block(j, dq_t):
+    def key_block(j, dq_t, diagonal=False):
       key0 = pl.multiple_of(j * BLOCK, BLOCK)
       k = k_ref[0, h, pl.ds(key0, BLOCK), :]  # [BLOCK, D]
       v = v_ref[0, h, pl.ds(key0, BLOCK), :]
       _, ds = _probs_and_dlogits(
-        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di
+        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal
       )
       k_t = k_t_ref[0, h, :, pl.ds(key0, BLOCK)]  # [D, BLOCK]
       return dq_t + lax.dot_general(k_t, ds.astype(k_t.dtype), _NN, preferred_element_type=_F32)
 
-    dq_t = lax.fori_loop(0, i + 1, key_block, jnp.zeros((d, BLOCK), _F32))
+    dq_t = lax.fori_loop(0, i, key_block, jnp.zeros((d, BLOCK), _F32))
+    dq_t = key_block(i, dq_t, diagonal=True)
     dq_t_ref[0, h] = dq_t.astype(dq_t_ref.dtype)
     return carry
 
