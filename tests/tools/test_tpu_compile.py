@@ -182,29 +182,39 @@ def test_bench_compile_only_counts_every_sampler_step():
   assert result["step_s"] > 0
 
 
-def test_flash_attention_compiles_for_v5p_and_v6e():
-  """The fused attention's forward and backward kernels (Mosaic) with dropout, head dim 80 and
-  T = 258 (three query blocks), batch and heads split by the mesh (shard_map)."""
+def test_flash_attention_compiles_and_bench_counts_its_calls():
+  """The fused attention's kernels (Mosaic) compile for v6e with dropout, head dim 80, T = 258
+  (three query blocks) and batch and heads split by the mesh (shard_map); `bench --compile_only`
+  on v5p counts one call of each kernel per layer and adds their seconds to step_s."""
   from rar_jax.model.kernels import accounting, flash_attention  # noqa: PLC0415
+  from rar_jax.tools import bench  # noqa: PLC0415
 
-  for topology, shape in (("v5p:2x2x1", (2, 1, 2)), ("v6e:2x2", (1, 2, 2))):
-    mesh = _mesh(topology, shape)
-    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), "tensor"))
-    x = jax.ShapeDtypeStruct((4, 4, 258, 80), jnp.bfloat16, sharding=spec)
-    seeds = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
+  mesh = _mesh("v6e:2x2", (1, 2, 2))
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), "tensor"))
+  x = jax.ShapeDtypeStruct((4, 4, 258, 80), jnp.bfloat16, sharding=spec)
+  seeds = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
 
-    def loss(q, k, v, seeds):
-      out = flash_attention.sharded_attention(
-        q, k, v, seeds, 80**-0.5, 0.1, ("data", "fsdp"), ("tensor",)
-      )
-      return jnp.sum(out.astype(jnp.float32))
+  def loss(q, k, v, seeds):
+    out = flash_attention.sharded_attention(
+      q, k, v, seeds, 80**-0.5, 0.1, ("data", "fsdp"), ("tensor",)
+    )
+    return jnp.sum(out.astype(jnp.float32))
 
-    with sharding.activate(mesh), accounting.collect() as calls:
-      compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, seeds).compile()
-    assert "tpu_custom_call" in compiled.as_text()
-    names = sorted(c.name for c in calls)
-    assert names == ["flash_attention_dkv", "flash_attention_dq", "flash_attention_fwd"]
-    assert compiled.input_shardings[0][0].spec == spec.spec  # q stays split, no gather
+  with sharding.activate(mesh), accounting.collect() as calls:
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, seeds).compile()
+  assert compiled.as_text().count("tpu_custom_call") >= 3
+  assert sorted(c.name for c in calls) == [
+    "flash_attention_dkv", "flash_attention_dq", "flash_attention_fwd"
+  ]  # fmt: skip
+  assert compiled.input_shardings[0][0].spec == spec.spec  # q stays split, no gather
+
+  cfg = ModelConfig(**{**CFG.__dict__, "depth": 3, "attention_impl": "pallas"})
+  result = bench.bench_compile_only("train", cfg, BATCH, "v5p:2x2x1", guidance=0.0)
+  kernels = {row["name"]: row for row in result["extra"]["kernels"]}
+  assert sorted(kernels) == ["flash_attention_dkv", "flash_attention_dq", "flash_attention_fwd"]
+  assert all(row["calls"] == cfg.depth and row["seconds"] > 0 for row in kernels.values())
+  kernel_s = sum(row["seconds"] for row in kernels.values())
+  assert result["step_s"] == pytest.approx(result["extra"]["compiler_step_s"] + kernel_s, rel=1e-3)
 
 
 def test_kernel_accounting_matches_the_compiler_on_xla_twins():
