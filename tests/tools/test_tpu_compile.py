@@ -230,5 +230,7 @@ def test_kernel_accounting_matches_the_compiler_on_xla_twins():
   ratio = scale["kernel"]["seconds"] / scale["compiler_on_xla"]["optimal_seconds"]
   assert 0.8 < ratio < 1.25, scale
   assert matmul["kernel"]["flops"] == pytest.approx(matmul["compiler_on_xla"]["flops"], rel=0.01)
+  # The roofline's 394 TFLOP/s is the compiler's rate for an 8192^3 matmul; it puts a 2048^3
+  # one at 297 TFLOP/s, so the kernel's own time is 0.75x the twin's (docs/measurements).
   ratio = matmul["kernel"]["seconds"] / matmul["compiler_on_xla"]["optimal_seconds"]
-  assert 0.8 < ratio < 1.25, matmul
+  assert 0.6 < ratio < 1.05, matmul
