@@ -8,18 +8,16 @@ twins the compiler does see, an elementwise scale of a [4096, 1024] bf16 array a
 kernel's record, the compiler's figures for the Pallas program (blind to the kernel) and for
 the same op in plain XLA.
 
-  JAX_PLATFORMS=cpu python -m rar_jax.tools.kernel_cost_check [--topology=v5p:2x2x1]
+  JAX_PLATFORMS=cpu python -m rar_jax.commands.kernel_cost_check [--topology=v5p:2x2x1]
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
 
 from rar_jax.model.kernels import accounting
@@ -100,19 +98,3 @@ def check(topology: str = "v5p:2x2x1") -> list[dict]:
       {"name": name, "kernel": record, "compiler_on_pallas": blind, "compiler_on_xla": xla}
     )
   return rows
-
-
-def main() -> None:
-  import sys  # noqa: PLC0415
-
-  topology = "v5p:2x2x1"
-  for arg in sys.argv[1:]:
-    if not arg.startswith("--topology="):
-      raise SystemExit(f"kernel_cost_check: unknown argument {arg!r} (only --topology=...)")
-    topology = arg.split("=", 1)[1]
-  for row in check(topology):
-    print(json.dumps(row, default=lambda v: float(np.asarray(v))))
-
-
-if __name__ == "__main__":
-  main()
