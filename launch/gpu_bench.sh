@@ -4,7 +4,12 @@
 #   RAR-B training, bf16, at a batch that fills the chip (full remat): all library paths, then
 #   each hand-written path in turn;
 #   RAR-XL sampling with guidance at batch 256, bf16, VQGAN decoding included: attention xla
-#   (the GPU default) and custom.
+#   (the GPU default), custom and cudnn (jax.nn.dot_product_attention(implementation="cudnn"),
+#   which has no dropout: a candidate only where none applies, as in sampling; in training with
+#   the recipe's attention dropout it runs custom, so no training line is listed for it).
+# Not candidates: the Pallas attention (attention_impl=pallas) is a TPU kernel (Mosaic TPU; off
+# a TPU it runs in Pallas' interpret mode, for tests), and JAX's Pallas GPU attention has no
+# dropout and needs power-of-two head dims (RAR-B: 48, XL: 80).
 # Prints one JSON line per variant (rar_jax.tools.bench; the switches are fields of each line).
 # --dry-run prints the commands only.
 #
@@ -37,6 +42,7 @@ commands=(
   "$train --linear_impl=flat"
   "$sample"
   "$sample --attention_impl=custom"
+  "$sample --attention_impl=cudnn"
 )
 deadline=$((SECONDS + 480))
 for cmd in "${commands[@]}"; do

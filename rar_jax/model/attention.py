@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from rar_jax.model import dropout
+from rar_jax.model.kernels import flash_attention
 
 Array = jax.Array
 _ROW_ALIGN = 8  # block boundaries on multiples of 8 rows (whole vector registers)
@@ -143,18 +145,30 @@ def attend(
   scale: float,
   rate: float,
   blocks: int = 1,
+  causal: bool = False,
 ) -> Array:
   """`attention` by implementation (model.attention_impl, `rar_jax.model.numerics`): "custom"
   the hand-written backward; "autodiff" the same forward under plain autodiff; "xla"
-  `jax.nn.dot_product_attention` when no dropout applies (else as "autodiff"). Shapes as
-  `attention`."""
-  if impl == "custom":
-    return attention(q, k, v, mask, seeds, scale, rate, blocks)
-  if impl == "xla" and (seeds is None or rate == 0.0):
+  `jax.nn.dot_product_attention` when no dropout applies (else as "autodiff"); "pallas" the
+  fused kernels (`kernels.flash_attention`) for causal self-attention (else as "custom");
+  "cudnn" `jax.nn.dot_product_attention(implementation="cudnn")` when no dropout applies (else
+  as "custom"). `causal`: the mask is the causal one of self-attention (T == S, mask[t, s] =
+  s <= t); only then may "pallas" run. Shapes as `attention`."""
+  if impl == "pallas" and causal:
+    batch_axes, head_axes = (
+      () if a is None else (a,) if isinstance(a, str) else tuple(a)
+      for a in nn.logical_to_mesh_axes(("batch", "act_heads"))
+    )
+    return flash_attention.sharded_attention(q, k, v, seeds, scale, rate, batch_axes, head_axes)
+  no_dropout = seeds is None or rate == 0.0
+  if (impl == "xla" or impl == "cudnn") and no_dropout:
     out = jax.nn.dot_product_attention(
       *(jnp.swapaxes(a, 1, 2) for a in (q, k, v)),  # [B, T, H, K]
       mask=mask[None, None],  # [1, 1, T, S]
       scale=scale,
+      implementation="cudnn" if impl == "cudnn" else None,
     )
     return jnp.swapaxes(out, 1, 2).astype(v.dtype)
+  if impl in ("custom", "pallas", "cudnn"):
+    return attention(q, k, v, mask, seeds, scale, rate, blocks)
   return _forward(q, k, v, mask, seeds, scale, rate, blocks)[0]

@@ -284,9 +284,9 @@ class Attention(nn.Module):
       k_pos = jnp.arange(k.shape[2])
     mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
     seeds, rate = dropout_args(self, cfg.attn_dropout, self.deterministic)
-    out = attention.attend(
-      numerics.impl(cfg, "attention_impl"), q, k, v, mask, seeds, cfg.head_dim**-0.5, rate, blocks
-    )
+    impl = numerics.impl(cfg, "attention_impl")
+    scale = cfg.head_dim**-0.5
+    out = attention.attend(impl, q, k, v, mask, seeds, scale, rate, blocks, causal=cache is None)
     # out: [B, H, T, K]
     proj_axes = ("heads", "head_dim", "embed")
     if chunked(cfg):  # contracts over (H, K) where they lie

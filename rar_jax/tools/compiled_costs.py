@@ -4,7 +4,8 @@ and their memory and cost analyses as plain numbers.
 
 XLA's cost analysis counts a loop body once (a scanned layer, the sampler's token loop), so
 per-layer figures come from unrolled 1- and 2-layer programs: C(depth) = C(1) + (depth - 1) x
-(C(2) - C(1)), exact for a stack of identical layers.
+(C(2) - C(1)), exact for a stack of identical layers. Pallas kernels are invisible to the cost
+analysis; their own records (`model.kernels.accounting`) are extrapolated alike.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from jax.sharding import Mesh
 from configs import common
 from rar_jax import sharding
 from rar_jax.model import rar
+from rar_jax.model.kernels import accounting
 from rar_jax.model.presets import ModelConfig
 from rar_jax.sampling import decoding
 from rar_jax.training import optim, train_state, train_step
@@ -38,7 +40,8 @@ def train_program(cfg: ModelConfig, mesh: Mesh, batch: int) -> tuple[Any, Any]:
   The abstract state is built outside `sharding.activate` (optax inits run eagerly on the
   default backend)."""
   tx, schedule = optim.make_optimizer(RECIPE.optim, cfg, RECIPE.train.steps)
-  abstract = train_state.abstract_state(cfg, tx, mesh, sharding.LOGICAL_RULES)
+  with accounting.collect():  # the state's shape traces run the model, but are not the program
+    abstract = train_state.abstract_state(cfg, tx, mesh, sharding.LOGICAL_RULES)
   sc = train_step.StepConfig(cfg, 0, 500, 0.1)
   return train_step.compile_train_step(sc, tx, schedule, mesh, abstract, batch)[0], abstract
 
@@ -84,21 +87,48 @@ def analysis(compiled: Any) -> dict[str, float]:
   return out
 
 
+def _extrapolate(first: float, second: float, depth: int, first_depth: int) -> float:
+  return first + (depth - first_depth) * (second - first)
+
+
+def _kernel_rows(
+  small: Sequence[Sequence[dict]], depth: int, depths: Sequence[int]
+) -> tuple[list[dict], list[dict]]:
+  """Per-layer and at-depth rows of the kernel calls recorded by programs at `depths`
+  (`accounting.summarize` rows), extrapolated per kernel name as the compiler's costs are."""
+  by_name = [{row["name"]: row for row in rows} for rows in small]
+  names = sorted(set(by_name[0]) | set(by_name[1]))
+  zero = {"calls": 0, "flops": 0.0, "bytes": 0.0, "seconds": 0.0}
+  layer, full = [], []
+  for name in names:
+    a, b = by_name[0].get(name, zero), by_name[1].get(name, zero)
+    layer.append({"name": name, **{k: b[k] - a[k] for k in zero}})
+    full.append({"name": name, **{k: _extrapolate(a[k], b[k], depth, depths[0]) for k in zero}})
+  return layer, full
+
+
 def per_layer(
   compile_at_depth: Any, cfg: ModelConfig, depths: Sequence[int] = (1, 2)
 ) -> dict[str, Any]:
   """Analyses of unrolled programs at `depths` (1 and 2 layers), their per-layer difference and
-  the extrapolation to cfg.depth; compile seconds summed."""
+  the extrapolation to cfg.depth; compile seconds summed. The Pallas kernel calls each program
+  records (`model.kernels.accounting`; the cost analysis does not see into them) are
+  extrapolated the same way: "kernels_per_layer", "kernels_at_depth" (summarize's rows)."""
   start = time.perf_counter()
-  small = [
-    analysis(compile_at_depth(dataclasses.replace(cfg, depth=d, scan_layers=False))) for d in depths
-  ]
+  small, kernels = [], []
+  for d in depths:
+    with accounting.collect() as calls:
+      small.append(analysis(compile_at_depth(dataclasses.replace(cfg, depth=d, scan_layers=False))))
+    kernels.append(accounting.summarize(calls))
   layer = {k: small[1][k] - small[0][k] for k in small[0]}
-  full = {k: small[0][k] + (cfg.depth - depths[0]) * layer[k] for k in small[0]}
+  full = {k: _extrapolate(small[0][k], small[1][k], cfg.depth, depths[0]) for k in small[0]}
+  kernels_layer, kernels_full = _kernel_rows(kernels, cfg.depth, depths)
   return {
     "per_layer": layer,
     "at_depth": full,
     "one_layer": small[0],
+    "kernels_per_layer": kernels_layer,
+    "kernels_at_depth": kernels_full,
     "compile_s": time.perf_counter() - start,
   }
 

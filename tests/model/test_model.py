@@ -36,13 +36,18 @@ def _random_official(cfg, seed=0):
 
 # Every value of every numerics switch (rar_jax/model/numerics.py) appears in one setting.
 HAND_WRITTEN = {k: v[0] for k, v in numerics.CHOICES.items()}
-SWITCHES = [HAND_WRITTEN, numerics.LIBRARY, {**numerics.LIBRARY, "attention_impl": "autodiff"}]
+SWITCHES = [
+  HAND_WRITTEN,
+  numerics.LIBRARY,
+  {**numerics.LIBRARY, "attention_impl": "autodiff"},
+  {**HAND_WRITTEN, "attention_impl": "pallas"},  # Pallas interpret mode on the CPU
+]
 
 
 @pytest.mark.parametrize(
   "scan_layers, switches",
   [(True, {}), (False, {})] + [(True, s) for s in SWITCHES],
-  ids=["scan", "unrolled", "hand_written", "library", "autodiff_attention"],
+  ids=["scan", "unrolled", "hand_written", "library", "autodiff_attention", "pallas_attention"],
 )
 def test_golden_logits_and_loss(golden, scan_layers, switches):
   g, state, sizes = golden
@@ -254,7 +259,9 @@ def test_scan_and_remat_variants_compute_the_same_gradients():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("switches", SWITCHES[1:], ids=["library", "autodiff_attention"])
+@pytest.mark.parametrize(
+  "switches", SWITCHES[1:], ids=["library", "autodiff_attention", "pallas_attention"]
+)
 def test_numeric_switches_compute_the_same_training_gradients(switches):
   """With dropout on (the same hash masks on every path), the library paths' gradients equal
   the hand-written backwards'."""

@@ -1,0 +1,507 @@
+"""Causal self-attention with dropout as fused Pallas TPU kernels (flash-style), forward and
+backward, beside the plain reference `rar_jax.model.attention`.
+
+Blocks of 128 queries meet blocks of 128 keys with an online softmax in fp32; blocks above the
+causal diagonal are never visited (each grid step loops over only the key blocks its queries
+see). No [B, H, T, S] array reaches HBM: the forward saves the output and one logsumexp per
+query row, and the backward recomputes the probabilities block by block in two kernels, one for
+the query gradient and one for the key and value gradients.
+
+Layout: queries sit on the 128 lanes of every [keys, queries] tile (the logits are formed as
+k q^T), so the per-query statistics (max, sum, logsumexp) are lane-dense rows [1, queries] and
+the head dim (48 to 88 in the presets) is a full-array block dimension. The sequence is padded
+once to a multiple of 128 with zeros (T = 258 -> 384: three query blocks and six of the nine
+[128, 128] blocks); the padded queries' outputs are dropped and their zero cotangents give
+zero gradients. Each grid step holds every head of one (batch, block) pair and loops over the
+heads inside the kernel, so the grid has B x T/128 steps.
+
+Attention dropout is generated inside the kernels from a counter-based hash of (seeds, batch,
+head, query, key) in int32 arithmetic (`keep_bits`): the same bits as `dropout.bits_from_seeds`
+over the [B, H, T, S] array with the global batch and head indices, hence the same mask as
+the reference path, regenerated identically by the backward kernels.
+
+On a TPU the kernels compile with Mosaic; elsewhere they run in Pallas' interpret mode (the
+CPU tests). The platform is the active mesh's (`target_platform`), so a program compiled ahead of
+time for a TPU topology from a CPU host gets the real kernels. XLA's cost model does not see into
+the kernels, so every traced call reports its FLOPs and HBM bytes to `accounting`.
+
+Shapes: B batch, H heads, T positions (queries = keys), D head dim, P = T padded to 128.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from rar_jax.model.kernels import accounting
+
+Array = jax.Array
+BLOCK = 128  # queries and keys per block: one lane width, one MXU tile on v5p
+MXU_DIM = 128  # the head dim is padded to this on the MXU (counted so in the FLOPs)
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: no inf - inf in the softmax
+_F32 = jnp.float32
+_NN = (((1,), (0,)), ((), ()))  # [m, k] x [k, n]
+_NT = (((1,), (1,)), ((), ()))  # [m, k] x [n, k]
+
+
+def _i32(value: int) -> np.int32:
+  """The int32 with the bit pattern of the uint32 `value`."""
+  return np.array(value & 0xFFFFFFFF, np.uint32).view(np.int32)
+
+
+def _mix32(x: Array) -> Array:
+  """`dropout._mix32` (the murmur3 finaliser) on int32 bit patterns: logical shifts and
+  wrapping products give the same bits as the uint32 version."""
+  x = x ^ lax.shift_right_logical(x, jnp.int32(16))
+  x = x * _i32(0x85EBCA6B)
+  x = x ^ lax.shift_right_logical(x, jnp.int32(13))
+  x = x * _i32(0xC2B2AE35)
+  return x ^ lax.shift_right_logical(x, jnp.int32(16))
+
+
+def keep_bits(seed0: Array, batch_word: Array, head: Array, query: Array, key: Array, t: int):
+  """int32 bit patterns of `dropout.bits_from_seeds(seeds, (B, H, t, t))[b, head, query, key]`.
+
+  Args:
+    seed0: int32 scalar, seeds[0] as int32.
+    batch_word: int32 scalar, `_mix32(b + seeds[1])` for the global batch index b.
+    head: int32 scalar, the global head index.
+    query, key: int32 arrays (broadcastable) of query and key positions.
+    t: the sequence length (queries = keys).
+  """
+  inner = (head * t + query) * t + key
+  return _mix32(_mix32(inner + seed0) ^ batch_word)
+
+
+def keep_threshold(rate: float) -> np.int32:
+  """`keep_bits` >= this (as signed int32 after flipping the top bit) keeps an element with
+  probability 1 - rate, as `dropout.drop` (uint32 bits >= round(rate * 2^32))."""
+  return np.int32(round(rate * 2**32) - 2**31)
+
+
+def keep_mask(bits: Array, rate: float) -> Array:
+  """bool mask: True where an element with these `keep_bits` survives dropout at `rate`."""
+  return (bits ^ _i32(0x80000000)) >= keep_threshold(rate)
+
+
+def batch_word(seed1: Array, batch: Array) -> Array:
+  """The per-sample word of the hash: `_mix32(batch + seeds[1])` in int32."""
+  return _mix32(batch + seed1)
+
+
+def reference_mask(seeds: Array, shape: tuple[int, int, int, int], rate: float, offsets=(0, 0)):
+  """The kernels' dropout keep-mask [B, H, T, T] materialized in plain JAX (for tests).
+
+  Args:
+    seeds: uint32[2] (`dropout.seeds_from_key`).
+    shape: (B, H, T, T) of this shard; offsets: its global (batch, head) offsets.
+  """
+  s = lax.bitcast_convert_type(seeds, jnp.int32)
+  b, h, t, _ = shape
+  bi = jnp.arange(b, dtype=jnp.int32)[:, None, None, None] + offsets[0]
+  hi = jnp.arange(h, dtype=jnp.int32)[None, :, None, None] + offsets[1]
+  qi = jnp.arange(t, dtype=jnp.int32)[None, None, :, None]
+  ki = jnp.arange(t, dtype=jnp.int32)[None, None, None, :]
+  return keep_mask(keep_bits(s[0], batch_word(s[1], bi), hi, qi, ki, t), rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels. Scalars (SMEM): [seeds[0], seeds[1], batch offset, head offset] of this shard.
+
+
+def _block_keep(scalars, rate, t, b, h, key0, query0):
+  """bool [BLOCK keys, BLOCK queries] keep-mask of the block at (key0, query0)."""
+  keys = key0 + lax.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 0)
+  queries = query0 + lax.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 1)
+  word = batch_word(scalars[1], scalars[2] + b)
+  return keep_mask(keep_bits(scalars[0], word, scalars[3] + h, queries, keys, t), rate)
+
+
+def _causal(key0, query0):
+  """bool [BLOCK keys, BLOCK queries]: key <= query."""
+  keys = key0 + lax.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 0)
+  queries = query0 + lax.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 1)
+  return keys <= queries
+
+
+def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, rate, t):
+  """One (batch, query block): every head against key blocks 0..i.
+
+  q_t_ref [1, H, D, BLOCK]; k_ref [1, H, P, D]; v_t_ref [1, H, D, P];
+  o_t_ref [1, H, D, BLOCK] (output, transposed); lse_ref [1, H, 1, BLOCK] (logsumexp).
+  """
+  b, i = pl.program_id(0), pl.program_id(1)
+  heads, d = q_t_ref.shape[1], q_t_ref.shape[2]
+  query0 = i * BLOCK
+
+  def head(h, carry):
+    q_t = q_t_ref[0, h]  # [D, BLOCK]
+
+    def key_block(j, state, diagonal=False):
+      m, total, acc = state  # running max, sum [1, BLOCK]; output [D, BLOCK]
+      key0 = pl.multiple_of(j * BLOCK, BLOCK)
+      k = k_ref[0, h, pl.ds(key0, BLOCK), :]  # [BLOCK, D]
+      s_t = lax.dot_general(k, q_t, _NN, preferred_element_type=_F32) * scale  # [keys, queries]
+      if diagonal:  # the causal mask cuts only the diagonal block
+        s_t = jnp.where(_causal(key0, query0), s_t, _MASK_VALUE)
+      m_new = jnp.maximum(m, jnp.max(s_t, axis=0, keepdims=True))
+      p = jnp.exp(s_t - m_new)
+      alpha = jnp.exp(m - m_new)
+      total = alpha * total + jnp.sum(p, axis=0, keepdims=True)
+      if rate > 0.0:
+        p = jnp.where(_block_keep(scalars, rate, t, b, h, key0, query0), p, 0.0)
+      v_t = v_t_ref[0, h, :, pl.ds(key0, BLOCK)]  # [D, BLOCK]
+      acc = alpha * acc + lax.dot_general(
+        v_t, p.astype(v_t.dtype), _NN, preferred_element_type=_F32
+      )
+      return m_new, total, acc
+
+    init = (
+      jnp.full((1, BLOCK), _MASK_VALUE, _F32),
+      jnp.zeros((1, BLOCK), _F32),
+      jnp.zeros((d, BLOCK), _F32),
+    )
+    state = lax.fori_loop(0, i, key_block, init)
+    m, total, acc = key_block(i, state, diagonal=True)
+    o_t_ref[0, h] = (acc * (1.0 / ((1.0 - rate) * total))).astype(o_t_ref.dtype)
+    lse_ref[0, h] = m + jnp.log(total)
+    return carry
+
+  lax.fori_loop(0, heads, head, 0)
+
+
+def _probs_and_dlogits(
+  scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal
+):
+  """The recomputed block: dropped probabilities [keys, queries] (dv's operand) and the logit
+  gradient times scale [keys, queries]; causally masked if `diagonal`."""
+  s_t = lax.dot_general(k, q_t, _NN, preferred_element_type=_F32) * scale
+  p = jnp.exp(s_t - lse)  # [keys, queries]
+  if diagonal:
+    p = jnp.where(_causal(key0, query0), p, 0.0)
+  dp = lax.dot_general(v, do_t, _NN, preferred_element_type=_F32)  # d(dropped probs)
+  dropped = p
+  if rate > 0.0:
+    keep = _block_keep(scalars, rate, t, b, h, key0, query0)
+    dropped = jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0)
+    dp = jnp.where(keep, dp * (1.0 / (1.0 - rate)), 0.0)
+  ds = p * (dp - di) * scale
+  return dropped, ds
+
+
+def _dkv_kernel(
+  scalars, k_ref, v_ref, q_t_ref, do_t_ref, lse_ref, di_ref, dk_ref, dv_ref, *, scale, rate, t
+):
+  """One (batch, key block j): every head against query blocks j..end.
+
+  k_ref, v_ref [1, H, BLOCK, D]; q_t_ref, do_t_ref [1, H, D, P]; lse_ref, di_ref [1, H, 1, P];
+  dk_ref, dv_ref [1, H, BLOCK, D].
+  """
+  b, j = pl.program_id(0), pl.program_id(1)
+  heads, d = k_ref.shape[1], k_ref.shape[3]
+  blocks = q_t_ref.shape[3] // BLOCK
+  key0 = j * BLOCK
+
+  def head(h, carry):
+    k, v = k_ref[0, h], v_ref[0, h]  # [BLOCK, D]
+
+    def query_block(i, grads, diagonal=False):
+      dk, dv = grads
+      query0 = pl.multiple_of(i * BLOCK, BLOCK)
+      q_t = q_t_ref[0, h, :, pl.ds(query0, BLOCK)]  # [D, BLOCK]
+      do_t = do_t_ref[0, h, :, pl.ds(query0, BLOCK)]
+      lse = lse_ref[0, h, :, pl.ds(query0, BLOCK)]  # [1, BLOCK]
+      di = di_ref[0, h, :, pl.ds(query0, BLOCK)]
+      dropped, ds = _probs_and_dlogits(
+        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal
+      )
+      dv = dv + lax.dot_general(dropped.astype(do_t.dtype), do_t, _NT, preferred_element_type=_F32)
+      dk = dk + lax.dot_general(ds.astype(q_t.dtype), q_t, _NT, preferred_element_type=_F32)
+      return dk, dv
+
+    zeros = jnp.zeros((BLOCK, d), _F32)
+    grads = query_block(j, (zeros, zeros), diagonal=True)
+    dk, dv = lax.fori_loop(j + 1, blocks, query_block, grads)
+    dk_ref[0, h] = dk.astype(dk_ref.dtype)
+    dv_ref[0, h] = dv.astype(dv_ref.dtype)
+    return carry
+
+  lax.fori_loop(0, heads, head, 0)
+
+
+def _dq_kernel(
+  scalars, q_t_ref, do_t_ref, lse_ref, di_ref, k_ref, v_ref, k_t_ref, dq_t_ref, *, scale, rate, t
+):
+  """One (batch, query block i): every head against key blocks 0..i.
+
+  q_t_ref, do_t_ref [1, H, D, BLOCK]; lse_ref, di_ref [1, H, 1, BLOCK]; k_ref, v_ref [1, H, P, D];
+  k_t_ref [1, H, D, P]; dq_t_ref [1, H, D, BLOCK].
+  """
+  b, i = pl.program_id(0), pl.program_id(1)
+  heads, d = q_t_ref.shape[1], q_t_ref.shape[2]
+  query0 = i * BLOCK
+
+  def head(h, carry):
+    q_t, do_t = q_t_ref[0, h], do_t_ref[0, h]  # [D, BLOCK]
+    lse, di = lse_ref[0, h], di_ref[0, h]  # [1, BLOCK]
+
+    def key_block(j, dq_t, diagonal=False):
+      key0 = pl.multiple_of(j * BLOCK, BLOCK)
+      k = k_ref[0, h, pl.ds(key0, BLOCK), :]  # [BLOCK, D]
+      v = v_ref[0, h, pl.ds(key0, BLOCK), :]
+      _, ds = _probs_and_dlogits(
+        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal
+      )
+      k_t = k_t_ref[0, h, :, pl.ds(key0, BLOCK)]  # [D, BLOCK]
+      return dq_t + lax.dot_general(k_t, ds.astype(k_t.dtype), _NN, preferred_element_type=_F32)
+
+    dq_t = lax.fori_loop(0, i, key_block, jnp.zeros((d, BLOCK), _F32))
+    dq_t = key_block(i, dq_t, diagonal=True)
+    dq_t_ref[0, h] = dq_t.astype(dq_t_ref.dtype)
+    return carry
+
+  lax.fori_loop(0, heads, head, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls.
+
+
+def target_platform() -> str:
+  """The platform the program being traced is for: the active mesh's devices' (an ahead-of-time
+  compile for a TPU topology from a CPU host), else the default backend."""
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
+def _call(kernel, out_shape, grid, in_specs, out_specs, name, scalars, *args):
+  """pallas_call for the target platform: Mosaic on a TPU, Pallas' interpret mode elsewhere
+  (the CPU tests)."""
+  spec = pltpu.PrefetchScalarGridSpec(
+    num_scalar_prefetch=1, grid=grid, in_specs=in_specs, out_specs=out_specs
+  )
+  return pl.pallas_call(
+    kernel,
+    out_shape=out_shape,
+    grid_spec=spec,
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+    interpret=target_platform() != "tpu",
+    name=name,
+  )(scalars, *args)
+
+
+def _blocks(p: int) -> int:
+  return p // BLOCK
+
+
+def _causal_pairs(p: int) -> int:
+  n = _blocks(p)
+  return n * (n + 1) // 2
+
+
+def _record(name: str, b: int, h: int, p: int, d: int, matmuls: int, bytes_: float) -> None:
+  """Reports a call's cost: `matmuls` [BLOCK, BLOCK, D] products per causal block pair and head
+  (the head dim counted as the MXU pads it, to a multiple of 128), and its HBM bytes."""
+  d_mxu = -(-d // MXU_DIM) * MXU_DIM
+  flops = 2 * BLOCK * BLOCK * d_mxu * matmuls * _causal_pairs(p) * b * h
+  accounting.record(name, flops, bytes_)
+
+
+def _forward(q_t, k, v_t, scalars, scale, rate, t):
+  """o_t [B, H, D, P] (q's dtype) and lse [B, H, 1, P] f32 from the padded, laid-out inputs."""
+  b, h, d, p = q_t.shape
+  n = _blocks(p)
+  item = q_t.dtype.itemsize
+  # q read once, k and v once per sample (their block index changes only with b), o written.
+  _record("flash_attention_fwd", b, h, p, d, 2, b * h * p * (4 * d * item + 4))
+  kernel = functools.partial(_fwd_kernel, scale=scale, rate=rate, t=t)
+  return _call(
+    kernel,
+    (jax.ShapeDtypeStruct((b, h, d, p), q_t.dtype), jax.ShapeDtypeStruct((b, h, 1, p), _F32)),
+    (b, n),
+    [
+      pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
+      pl.BlockSpec((1, h, p, d), lambda bi, i, s: (bi, 0, 0, 0)),
+      pl.BlockSpec((1, h, d, p), lambda bi, i, s: (bi, 0, 0, 0)),
+    ],
+    [
+      pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
+      pl.BlockSpec((1, h, 1, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
+    ],
+    "flash_attention_fwd",
+    scalars,
+    q_t,
+    k,
+    v_t,
+  )
+
+
+def _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate, t):
+  """dq_t [B, H, D, P], dk, dv [B, H, P, D] from the padded, laid-out residuals."""
+  b, h, d, p = q_t.shape
+  n = _blocks(p)
+  item = q_t.dtype.itemsize
+  di = jnp.sum(do_t.astype(_F32) * o_t.astype(_F32), axis=2, keepdims=True)  # [B, H, 1, P]
+  k_t = jnp.swapaxes(k, 2, 3)  # [B, H, D, P]
+  stats = (1, h, 1, BLOCK)
+  kw = dict(scale=scale, rate=rate, t=t)
+  # dk/dv: k, v read and dk, dv written once; q, do, lse, di read once per sample.
+  _record("flash_attention_dkv", b, h, p, d, 4, b * h * p * (6 * d * item + 8))
+  dk, dv = _call(
+    functools.partial(_dkv_kernel, **kw),
+    (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
+    (b, n),
+    [
+      pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
+      pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
+      pl.BlockSpec((1, h, d, p), lambda bi, j, s: (bi, 0, 0, 0)),
+      pl.BlockSpec((1, h, d, p), lambda bi, j, s: (bi, 0, 0, 0)),
+      pl.BlockSpec((1, h, 1, p), lambda bi, j, s: (bi, 0, 0, 0)),
+      pl.BlockSpec((1, h, 1, p), lambda bi, j, s: (bi, 0, 0, 0)),
+    ],
+    [
+      pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
+      pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
+    ],
+    "flash_attention_dkv",
+    scalars,
+    k,
+    v,
+    q_t,
+    do_t,
+    lse,
+    di,
+  )
+  # dq: q, do, lse, di read and dq written once; k, v, k^T read once per sample.
+  _record("flash_attention_dq", b, h, p, d, 3, b * h * p * (6 * d * item + 8))
+  dq_t = _call(
+    functools.partial(_dq_kernel, **kw),
+    jax.ShapeDtypeStruct(q_t.shape, q_t.dtype),
+    (b, n),
+    [
+      pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
+      pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
+      pl.BlockSpec(stats, lambda bi, i, s: (bi, 0, 0, i)),
+      pl.BlockSpec(stats, lambda bi, i, s: (bi, 0, 0, i)),
+      pl.BlockSpec((1, h, p, d), lambda bi, i, s: (bi, 0, 0, 0)),
+      pl.BlockSpec((1, h, p, d), lambda bi, i, s: (bi, 0, 0, 0)),
+      pl.BlockSpec((1, h, d, p), lambda bi, i, s: (bi, 0, 0, 0)),
+    ],
+    pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
+    "flash_attention_dq",
+    scalars,
+    q_t,
+    do_t,
+    lse,
+    di,
+    k,
+    v,
+    k_t,
+  )
+  return dq_t, dk, dv
+
+
+def _pad(x: Array, axis: int, p: int) -> Array:
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, p - x.shape[axis])
+  return jnp.pad(x, widths)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attention(q: Array, k: Array, v: Array, scalars: Array, scale: float, rate: float) -> Array:
+  return _attention_fwd(q, k, v, scalars, scale, rate)[0]
+
+
+def _attention_fwd(q, k, v, scalars, scale, rate):
+  t = q.shape[2]
+  p = -(-t // BLOCK) * BLOCK
+  q_t = _pad(jnp.swapaxes(q, 2, 3), 3, p)  # [B, H, D, P]
+  k_p = _pad(k, 2, p)  # [B, H, P, D]
+  v_p = _pad(v, 2, p)
+  o_t, lse = _forward(q_t, k_p, jnp.swapaxes(v_p, 2, 3), scalars, scale, rate, t)
+  out = jnp.swapaxes(o_t[..., :t], 2, 3)  # [B, H, T, D]
+  return out.astype(v.dtype), (q_t, k_p, v_p, o_t, lse, scalars)
+
+
+def _attention_bwd(scale, rate, residuals, dout):
+  q_t, k_p, v_p, o_t, lse, scalars = residuals
+  t, p = dout.shape[2], q_t.shape[3]
+  do_t = _pad(jnp.swapaxes(dout, 2, 3), 3, p).astype(q_t.dtype)  # [B, H, D, P]
+  dq_t, dk, dv = _backward(q_t, k_p, v_p, o_t, lse, do_t, scalars, scale, rate, t)
+  dq = jnp.swapaxes(dq_t[..., :t], 2, 3)
+  return dq, dk[:, :, :t], dv[:, :, :t], np.zeros(scalars.shape, jax.dtypes.float0)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attention(
+  q: Array,
+  k: Array,
+  v: Array,
+  seeds: Array | None,
+  scale: float,
+  rate: float,
+  offsets: tuple[Array | int, Array | int] = (0, 0),
+) -> Array:
+  """Causal self-attention softmax(q k^T * scale) with inverted dropout on the probabilities,
+  times v, as `rar_jax.model.attention.attention` with a causal mask (and its dropout mask).
+
+  Args:
+    q, k, v: [B, H, T, D] (one dtype; bf16 or f32).
+    seeds: uint32[2] dropout seeds (`dropout.seeds_from_key`), or None for no dropout.
+    scale: logit scale; rate: dropout probability in [0, 1).
+    offsets: global (batch, head) index of element [0, 0] (for a shard of a larger array, so
+      the mask is the whole array's).
+
+  Returns:
+    [B, H, T, D] in v's dtype.
+  """
+  if q.shape != k.shape or q.shape != v.shape:
+    raise ValueError(f"flash attention needs q, k, v of one shape, got {q.shape, k.shape, v.shape}")
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"model.attn_dropout must be in [0, 1), got {rate}")
+  if seeds is None:
+    rate = 0.0
+  s = jnp.zeros((2,), jnp.int32) if seeds is None else lax.bitcast_convert_type(seeds, jnp.int32)
+  scalars = jnp.stack([s[0], s[1], jnp.int32(offsets[0]), jnp.int32(offsets[1])])
+  return _attention(q, k, v, scalars, float(scale), float(rate))
+
+
+def sharded_attention(
+  q: Array,
+  k: Array,
+  v: Array,
+  seeds: Array | None,
+  scale: float,
+  rate: float,
+  batch_axes: tuple[str, ...],
+  head_axes: tuple[str, ...],
+) -> Array:
+  """`attention` under the active mesh, shard by shard (`jax.shard_map`): batch split over
+  `batch_axes`, heads over `head_axes` (mesh axis names; empty: not split), each shard's
+  dropout mask that of its slice of the global array. Without a mesh, `attention` itself."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not (batch_axes or head_axes):
+    return attention(q, k, v, seeds, scale, rate)
+  spec = jax.sharding.PartitionSpec(batch_axes or None, head_axes or None, None, None)
+
+  def shard(q, k, v, seeds):
+    b_off = lax.axis_index(batch_axes) * q.shape[0] if batch_axes else 0
+    h_off = lax.axis_index(head_axes) * q.shape[1] if head_axes else 0
+    return attention(q, k, v, seeds, scale, rate, (b_off, h_off))
+
+  seeds_spec = jax.sharding.PartitionSpec()
+  if seeds is None:
+    return jax.shard_map(
+      lambda q, k, v: shard(q, k, v, None), in_specs=(spec,) * 3, out_specs=spec, check_vma=False
+    )(q, k, v)
+  return jax.shard_map(
+    shard, in_specs=(spec, spec, spec, seeds_spec), out_specs=spec, check_vma=False
+  )(q, k, v, seeds)
