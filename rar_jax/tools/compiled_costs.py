@@ -11,7 +11,6 @@ analysis; their own records (`model.kernels.accounting`) are extrapolated alike.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import time
 from collections.abc import Sequence
@@ -46,16 +45,6 @@ def train_program(cfg: ModelConfig, mesh: Mesh, batch: int) -> tuple[Any, Any]:
   return train_step.compile_train_step(sc, tx, schedule, mesh, abstract, batch)[0], abstract
 
 
-def abstract_params(cfg: ModelConfig, mesh: Mesh, dtype: Any = jnp.float32) -> Any:
-  """ShapeDtypeStructs of the (unboxed) parameters in `dtype`, sharded as training shards them."""
-  shapes = jax.eval_shape(functools.partial(rar.init_params, cfg), jax.random.key(0))
-  return jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh),
-    shapes,
-    rar.param_shardings(cfg, mesh),
-  )
-
-
 def sample_program(
   cfg: ModelConfig,
   mesh: Mesh,
@@ -65,7 +54,7 @@ def sample_program(
 ) -> Any:
   """The jitted KV-cache sampler (`decoding.make_sampler`) compiled for `mesh` on abstract
   parameters, [batch] class ids sharded over the batch axes and a replicated key."""
-  params = abstract_params(cfg, mesh, param_dtype)
+  params = rar.sharded_abstract_params(cfg, mesh, dtype=param_dtype)
   classes = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding.batch_sharding(mesh))
   key = jax.eval_shape(lambda: jax.random.key(0))
   key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
