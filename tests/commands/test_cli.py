@@ -29,6 +29,7 @@ COMMANDS = {
   "rar_jax.commands.bench": "--batch",
   "rar_jax.commands.sweep": "collect",
   "rar_jax.commands.xpk_sweep": "--prefix",
+  "rar_jax.commands.kernel_cost_check": "--topology",
   "rar_jax.data.pretokenize": "--output_dir",
   "rar_jax.data.holdout": "--count",
   "rar_jax.sampling.export": "--official",
