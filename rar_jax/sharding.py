@@ -92,7 +92,7 @@ def make_mesh(
   return Mesh(grid, MESH_AXES)
 
 
-def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = LOGICAL_RULES) -> Any:
+def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
   """NamedShardings for a tree of nn.Partitioned (or plain) array-like leaves.
 
   A dimension whose size the mapped mesh axes do not divide stays unsharded (for example the
@@ -102,7 +102,7 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = LOGICAL_RULES)
   def one(leaf: Any) -> NamedSharding:
     value = leaf.value if isinstance(leaf, nn.Partitioned) else leaf
     names = leaf.names if isinstance(leaf, nn.Partitioned) else (None,) * len(value.shape)
-    spec = nn.logical_to_mesh_axes(names, rules)
+    spec = nn.logical_to_mesh_axes(names, LOGICAL_RULES)
     return NamedSharding(mesh, fit_spec(spec, value.shape, mesh))
 
   return jax.tree.map(one, boxed_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
@@ -134,9 +134,9 @@ def data_parallel_size(mesh: Mesh) -> int:
 
 
 @contextlib.contextmanager
-def activate(mesh: Mesh, rules: Rules = LOGICAL_RULES) -> Iterator[None]:
+def activate(mesh: Mesh) -> Iterator[None]:
   """Sets the mesh and the logical rules, so annotated code lowers to mesh shardings."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
     yield
 
 

@@ -237,26 +237,20 @@ def init_params(cfg: ModelConfig, key: Array) -> Params:
   return nn.unbox(_init(cfg, key))
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = sharding.LOGICAL_RULES):
+def param_shardings(cfg: ModelConfig, mesh: Mesh):
   """NamedSharding of every parameter, from its logical axis names."""
-  return sharding.logical_shardings(abstract_params(cfg), mesh, rules)
+  return sharding.logical_shardings(abstract_params(cfg), mesh)
 
 
-def sharded_abstract_params(
-  cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = sharding.LOGICAL_RULES, dtype: Any = None
-) -> Params:
+def sharded_abstract_params(cfg: ModelConfig, mesh: Mesh, dtype: Any = None) -> Params:
   """Unboxed parameter ShapeDtypeStructs (float32, or `dtype`) with their mesh shardings: the
   target for restoring parameters (exports, checkpoints) onto any mesh."""
   shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-  return sharding.abstract_arrays(shapes, param_shardings(cfg, mesh, rules), dtype)
+  return sharding.abstract_arrays(shapes, param_shardings(cfg, mesh), dtype)
 
 
-def init_params_sharded(
-  cfg: ModelConfig, key: Array, mesh: Mesh, rules: sharding.Rules = sharding.LOGICAL_RULES
-) -> Params:
+def init_params_sharded(cfg: ModelConfig, key: Array, mesh: Mesh) -> Params:
   """Initialises the parameters directly sharded over the mesh (never whole on one device)."""
-  init = jax.jit(
-    functools.partial(init_params, cfg), out_shardings=param_shardings(cfg, mesh, rules)
-  )
-  with sharding.activate(mesh, rules):
+  init = jax.jit(functools.partial(init_params, cfg), out_shardings=param_shardings(cfg, mesh))
+  with sharding.activate(mesh):
     return init(key)

@@ -156,9 +156,7 @@ def verify(path: str) -> None:
     )
 
 
-def load(
-  path: str, mesh: Mesh | None = None, rules: sharding.Rules = sharding.LOGICAL_RULES
-) -> Export:
+def load(path: str, mesh: Mesh | None = None) -> Export:
   """Restores an export onto mesh (default: all devices, data-parallel), float32 params, once
   its files match their checksums (`verify`)."""
   root = epath.Path(paths.absolute(path))  # Orbax: absolute paths only
@@ -169,7 +167,7 @@ def load(
   meta = json.loads(meta_path.read_text())
   cfg = presets.ModelConfig(**meta["model"]).validate()
   mesh = mesh or sharding.make_mesh()
-  abstract = rar.sharded_abstract_params(cfg, mesh, rules, DTYPES[meta["dtype"]])
+  abstract = rar.sharded_abstract_params(cfg, mesh, DTYPES[meta["dtype"]])
   params = ocp.StandardCheckpointer().restore(root / "params", abstract)
   params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
   return Export(cfg, params, meta["sampling"], meta["tokenizer"], meta["image_size"])

@@ -122,12 +122,11 @@ def _compile(config: Any, plan: train.Plan, cfg: ModelConfig) -> tuple[Any, Any,
 
   Returns (compiled, abstract_state, lower seconds, compile seconds).
   """
-  rules = sharding.LOGICAL_RULES
   tx, schedule = optim.make_optimizer(config.optim, cfg, plan.total_steps)
-  abstract = train_state.abstract_state(cfg, tx, plan.mesh, rules)
+  abstract = train_state.abstract_state(cfg, tx, plan.mesh)
   sc = train_step.StepConfig(cfg, *plan.anneal, config.randomness.label_dropout)
   compiled, lower_s, compile_s = train_step.compile_train_step(
-    sc, tx, schedule, plan.mesh, abstract, plan.global_batch, rules
+    sc, tx, schedule, plan.mesh, abstract, plan.global_batch
   )
   return compiled, abstract, lower_s, compile_s
 

@@ -45,7 +45,6 @@ def compile_eval_step(
   mesh: Mesh,
   abstract_params: Any,
   global_batch: int,
-  rules: sharding.Rules = sharding.LOGICAL_RULES,
 ) -> Any:
   """The eval step compiled ahead of time for the (sharded) abstract parameters."""
   batch_sh = sharding.batch_sharding(mesh)
@@ -60,7 +59,7 @@ def compile_eval_step(
     "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sh),
     "weight": jax.ShapeDtypeStruct((global_batch,), jnp.float32, sharding=batch_sh),
   }
-  with sharding.activate(mesh, rules):
+  with sharding.activate(mesh):
     return fn.lower(abstract_params, batch).compile()
 
 
@@ -76,7 +75,6 @@ class HeldOutEval:
     mesh: Mesh,
     abstract_params: Any,
     global_batch: int,
-    rules: sharding.Rules = sharding.LOGICAL_RULES,
   ):
     tokens, labels = holdout.validation_arrays(data_dir)  # [N, L], [N]
     if tokens.shape[1] != cfg.seq_len:
@@ -90,7 +88,7 @@ class HeldOutEval:
     self._batch, self._mesh = global_batch, mesh
     self._local = pipeline.local_batch_size(global_batch, jax.process_count())
     self._sharding = sharding.batch_sharding(mesh)
-    self._compiled = compile_eval_step(cfg, mesh, abstract_params, global_batch, rules)
+    self._compiled = compile_eval_step(cfg, mesh, abstract_params, global_batch)
 
   def __call__(self, params: Any) -> dict[str, float]:
     sums = None

@@ -156,13 +156,12 @@ def _compile_step(
   config: ml_collections.ConfigDict,
   optimizer: tuple[Any, Any],
   abstract: train_state.TrainState,
-  rules: sharding.Rules,
 ):
   """The step compiled ahead of time for the abstract state and batch (nothing allocated yet);
   logs its memory and refuses a step that cannot fit (`_check_fits`)."""
   sc = train_step.StepConfig(plan.model, *plan.anneal, config.randomness.label_dropout)
   compiled, lower_s, compile_s = train_step.compile_train_step(
-    sc, *optimizer, plan.mesh, abstract, plan.global_batch, rules
+    sc, *optimizer, plan.mesh, abstract, plan.global_batch
   )
   memory = compiled.memory_analysis()
   detail = ""
@@ -182,13 +181,12 @@ def _restore_or_init(
   plan: Plan,
   tx: Any,
   abstract: train_state.TrainState,
-  rules: sharding.Rules,
   data_iter: Any,
 ) -> train_state.TrainState:
   """The newest good checkpoint, else a fresh sharded state."""
   state = checkpointing.restore_latest(manager, abstract, data_iter)
   if state is None:
-    state = train_state.init_sharded(plan.model, tx, config.seed, plan.mesh, rules)
+    state = train_state.init_sharded(plan.model, tx, config.seed, plan.mesh)
   return state
 
 
@@ -251,7 +249,6 @@ def _train(
 ) -> train_state.TrainState:
   """train_and_evaluate, once the config and data are checked, the lease is held and the
   resume config is checked."""
-  rules = sharding.LOGICAL_RULES
   data_iter = iter(
     pipeline.make_dataset(
       data_dir,
@@ -262,7 +259,7 @@ def _train(
     )
   )
   optimizer = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
-  abstract = train_state.abstract_state(plan.model, optimizer[0], plan.mesh, rules)
+  abstract = train_state.abstract_state(plan.model, optimizer[0], plan.mesh)
   _check_fits(plan, abstract)  # the state alone: before a compile that may take minutes
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   guard.signals.describe_kept(lambda: checkpointing.describe_kept(manager.directory))
@@ -273,8 +270,8 @@ def _train(
     dict(plan.mesh.shape),
     workdir,
   )
-  compiled, compile_s = _compile_step(plan, config, optimizer, abstract, rules)
-  state = _restore_or_init(config, manager, plan, optimizer[0], abstract, rules, data_iter)
+  compiled, compile_s = _compile_step(plan, config, optimizer, abstract)
+  state = _restore_or_init(config, manager, plan, optimizer[0], abstract, data_iter)
   guard.signals.save_first()  # the state exists: a signal now saves it before the job stops
   checkpointing.write_workdir_config(workdir, config)  # once the state exists
   step = int(state.step)
@@ -284,7 +281,7 @@ def _train(
   heldout = None
   if config.eval.every_steps:
     heldout = eval_step.HeldOutEval(
-      data_dir, plan.model, plan.mesh, abstract.params, plan.global_batch, rules
+      data_dir, plan.model, plan.mesh, abstract.params, plan.global_batch
     )
   if _stop_before_training(guard, manager, step, state, data_iter):
     return state

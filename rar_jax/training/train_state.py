@@ -48,10 +48,9 @@ def state_shardings(
   cfg: ModelConfig,
   tx: optax.GradientTransformation,
   mesh: Mesh,
-  rules: sharding.Rules = sharding.LOGICAL_RULES,
 ) -> TrainState:
   """NamedSharding of every leaf: optimizer moments follow their parameters, scalars replicate."""
-  param_sh = rar.param_shardings(cfg, mesh, rules)
+  param_sh = rar.param_shardings(cfg, mesh)
   abstract = jax.eval_shape(functools.partial(create, cfg, tx), 0)
   replicated = sharding.replicated(mesh)
   opt_sh = optax.tree_map_params(
@@ -64,12 +63,10 @@ def state_shardings(
   return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
 
 
-def abstract_state(
-  cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, rules: sharding.Rules
-) -> TrainState:
+def abstract_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
   """ShapeDtypeStructs carrying the target shardings: the restore target for Orbax."""
   shapes = jax.eval_shape(functools.partial(create, cfg, tx), 0)
-  return sharding.abstract_arrays(shapes, state_shardings(cfg, tx, mesh, rules))
+  return sharding.abstract_arrays(shapes, state_shardings(cfg, tx, mesh))
 
 
 def init_sharded(
@@ -77,13 +74,12 @@ def init_sharded(
   tx: optax.GradientTransformation,
   seed: int,
   mesh: Mesh,
-  rules: sharding.Rules = sharding.LOGICAL_RULES,
 ) -> TrainState:
   """Creates the state already sharded: no array is ever whole on one device."""
   init = jax.jit(
     functools.partial(create, cfg, tx),
     static_argnums=0,
-    out_shardings=state_shardings(cfg, tx, mesh, rules),
+    out_shardings=state_shardings(cfg, tx, mesh),
   )
-  with sharding.activate(mesh, rules):
+  with sharding.activate(mesh):
     return init(seed)

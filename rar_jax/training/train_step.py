@@ -76,11 +76,10 @@ def jit_train_step(
   schedule: optax.Schedule,
   mesh: Mesh,
   state_sharding: TrainState,
-  rules: sharding.Rules = sharding.LOGICAL_RULES,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The step jitted with explicit in/out shardings and the state donated.
 
-  Call it inside `sharding.activate(mesh, rules)` so the activation annotations resolve.
+  Call it inside `sharding.activate(mesh)` so the activation annotations resolve.
   """
   batch_sharding = sharding.batch_sharding(mesh)
   return jax.jit(
@@ -107,14 +106,13 @@ def compile_train_step(
   mesh: Mesh,
   abstract_state: TrainState,
   global_batch: int,
-  rules: sharding.Rules = sharding.LOGICAL_RULES,
 ) -> tuple[Any, float, float]:
   """The step compiled ahead of time for abstract (sharded) inputs, as the training job, the
   planner and the benchmark run it. Returns (compiled, lowering seconds, compile seconds)."""
   state_sharding = jax.tree.map(lambda a: a.sharding, abstract_state)
-  step_fn = jit_train_step(sc, tx, schedule, mesh, state_sharding, rules)
+  step_fn = jit_train_step(sc, tx, schedule, mesh, state_sharding)
   batch = abstract_batch(mesh, global_batch, sc.model.seq_len)
-  with sharding.activate(mesh, rules):
+  with sharding.activate(mesh):
     start = time.perf_counter()
     lowered = step_fn.lower(abstract_state, batch)
     lowered_at = time.perf_counter()

@@ -10,7 +10,6 @@ import jax
 import numpy as np
 import pytest
 
-from rar_jax import sharding
 from rar_jax.data import holdout, pipeline, records
 from rar_jax.evaluation import sample_eval
 from rar_jax.model import presets, rar
@@ -65,9 +64,8 @@ def test_heldout_eval_is_the_raster_loss_of_the_whole_split(split_dir):
   config = train_worker.tiny_config(split_dir, 1)
   plan = train.resolve(config)
   tx, _ = optim.make_optimizer(config.optim, plan.model, 1)
-  rules = sharding.LOGICAL_RULES
-  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, rules)
-  state = train_state.init_sharded(plan.model, tx, 0, plan.mesh, rules)
+  abstract = train_state.abstract_state(plan.model, tx, plan.mesh)
+  state = train_state.init_sharded(plan.model, tx, 0, plan.mesh)
   got = eval_step.HeldOutEval(split_dir, plan.model, plan.mesh, abstract.params, 16)(state.params)
 
   tokens, labels = holdout.validation_arrays(split_dir)

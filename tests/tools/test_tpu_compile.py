@@ -52,7 +52,7 @@ def _compile_step(slice_name, shape, **changes):
   cfg = ModelConfig(**{**CFG.__dict__, **changes})
   mesh = _mesh(slice_name, shape)
   tx, schedule = optim.make_optimizer(RECIPE.optim, cfg, RECIPE.train.steps)
-  abstract = train_state.abstract_state(cfg, tx, mesh, sharding.LOGICAL_RULES)  # outside activate
+  abstract = train_state.abstract_state(cfg, tx, mesh)  # outside activate
   sc = train_step.StepConfig(cfg, 0, 50, 0.1)
   compiled = train_step.compile_train_step(sc, tx, schedule, mesh, abstract, BATCH)[0]
   return compiled, abstract, mesh
