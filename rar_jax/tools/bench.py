@@ -72,7 +72,7 @@ def bench_train(
   tx, schedule = optim.make_optimizer(RECIPE.optim, cfg, RECIPE.train.steps)
   mesh = sharding.make_mesh()
   sc = train_step.StepConfig(cfg, 0, 1000, 0.1)
-  abstract = train_state.abstract_state(cfg, tx, mesh, sharding.LOGICAL_RULES)
+  abstract = train_state.abstract_state(cfg, tx, mesh)
   compiled, lower_s, compile_s = train_step.compile_train_step(
     sc, tx, schedule, mesh, abstract, batch
   )

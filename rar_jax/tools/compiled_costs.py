@@ -40,7 +40,7 @@ def train_program(cfg: ModelConfig, mesh: Mesh, batch: int) -> tuple[Any, Any]:
   default backend)."""
   tx, schedule = optim.make_optimizer(RECIPE.optim, cfg, RECIPE.train.steps)
   with accounting.collect():  # the state's shape traces run the model, but are not the program
-    abstract = train_state.abstract_state(cfg, tx, mesh, sharding.LOGICAL_RULES)
+    abstract = train_state.abstract_state(cfg, tx, mesh)
   sc = train_step.StepConfig(cfg, 0, 500, 0.1)
   return train_step.compile_train_step(sc, tx, schedule, mesh, abstract, batch)[0], abstract
 

@@ -73,7 +73,7 @@ def _restore(workdir, data_dir):
   tx, _ = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
   manager = checkpointing.make_manager(str(workdir), config.checkpoint)
   data_iter = iter(pipeline.make_dataset(data_dir, global_batch=16, seed=config.seed))
-  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, sharding.LOGICAL_RULES)
+  abstract = train_state.abstract_state(plan.model, tx, plan.mesh)
   state = checkpointing.restore_latest(manager, abstract, data_iter)
   return int(state.step), jax.device_get(state.params)
 

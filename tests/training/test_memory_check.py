@@ -5,7 +5,6 @@ import types
 
 import pytest
 
-from rar_jax import sharding
 from rar_jax.infra import device_memory, workdir_lease
 from rar_jax.training import optim, train, train_state
 from tests.helpers import train_worker
@@ -22,7 +21,7 @@ def test_the_compiled_step_is_checked_with_its_temporaries(tmp_path):
     generated_code_size_in_bytes=0,
   )
   tx, _ = optim.make_optimizer(config.optim, plan.model, 10)
-  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, sharding.LOGICAL_RULES)
+  abstract = train_state.abstract_state(plan.model, tx, plan.mesh)
   train._check_fits(plan, abstract)  # noqa: SLF001 - the tiny state fits
   with pytest.raises(device_memory.DoesNotFitError, match=r"the compiled step's temporaries "
                      r"1024\.0 TiB.* rar-plan shows the figures"):  # fmt: skip

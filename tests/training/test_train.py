@@ -120,7 +120,7 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, data_d
   manager = checkpointing.make_manager(str(tmp_path), config.checkpoint)
   assert manager.all_steps() == [3, 4]
   data_iter = iter(pipeline.make_dataset(data_dir, global_batch=16, seed=config.seed))
-  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, sharding.LOGICAL_RULES)
+  abstract = train_state.abstract_state(plan.model, tx, plan.mesh)
   state = checkpointing.restore_latest(manager, abstract, data_iter)
   assert int(state.step) == 4
   kernel = state.params["blocks"]["layers"]["mlp"]["fc1"]["kernel"]
@@ -157,7 +157,7 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path, data_dir, caplog):
   tx, _ = optim.make_optimizer(config.optim, plan.model, plan.total_steps)
   manager = checkpointing.make_manager(str(tmp_path), config.checkpoint)
   data_iter = iter(pipeline.make_dataset(data_dir, global_batch=16, seed=config.seed))
-  abstract = train_state.abstract_state(plan.model, tx, plan.mesh, sharding.LOGICAL_RULES)
+  abstract = train_state.abstract_state(plan.model, tx, plan.mesh)
   with caplog.at_level("WARNING"):
     state = checkpointing.restore_latest(manager, abstract, data_iter)
   assert int(state.step) == 3
