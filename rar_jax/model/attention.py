@@ -135,6 +135,15 @@ def _attention_bwd(scale, rate, blocks, residuals, dout):
 attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+def mesh_axes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(batch, head) mesh axes of the activations under the active logical rules: how a Pallas
+  kernel's `jax.shard_map` splits its rows and heads."""
+  return tuple(
+    () if a is None else (a,) if isinstance(a, str) else tuple(a)
+    for a in nn.logical_to_mesh_axes(("batch", "act_heads"))
+  )
+
+
 def attend(
   impl: str,
   q: Array,
@@ -155,11 +164,7 @@ def attend(
   as "custom"). `causal`: the mask is the causal one of self-attention (T == S, mask[t, s] =
   s <= t); only then may "pallas" run. Shapes as `attention`."""
   if impl == "pallas" and causal:
-    batch_axes, head_axes = (
-      () if a is None else (a,) if isinstance(a, str) else tuple(a)
-      for a in nn.logical_to_mesh_axes(("batch", "act_heads"))
-    )
-    return flash_attention.sharded_attention(q, k, v, seeds, scale, rate, batch_axes, head_axes)
+    return flash_attention.sharded_attention(q, k, v, seeds, scale, rate, *mesh_axes())
   no_dropout = seeds is None or rate == 0.0
   if (impl == "xla" or impl == "cudnn") and no_dropout:
     out = jax.nn.dot_product_attention(

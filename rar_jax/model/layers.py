@@ -16,15 +16,38 @@ import jax
 import jax.numpy as jnp
 
 from rar_jax.model import attention, dropout, normalization, numerics
+from rar_jax.model.kernels import decode_attention
 from rar_jax.model.presets import ModelConfig
 
 LN_EPS = 1e-6
 INIT_STD = 0.02
 
 Array = jax.Array
-# One layer's cache: {"k": [B, H, S, K], "v": [B, H, S, K]} (heads before positions, the
-# layout the attention matmuls read without a transpose); the model keeps one per layer.
+# One layer's cache: {"k", "v"}, each [B, H, S, K] (heads before positions, the layout the
+# attention matmuls read without a transpose), or [B, S, H K] for the Pallas decode kernel
+# (`flat_cache`); the model keeps one per layer.
 KVCache = dict[str, Array]
+
+
+def flat_cache(cfg: ModelConfig) -> bool:
+  """Whether the KV cache is [B, S, H K], read by the Pallas decode kernel
+  (`kernels.decode_attention`; model.attention_impl "pallas"), else [B, H, S, K]."""
+  return numerics.impl(cfg, "attention_impl") == "pallas"
+
+
+def cache_shape(cfg: ModelConfig, batch: int, positions: int) -> tuple[int, ...]:
+  """One layer's key (or value) cache shape for `positions` positions (the flat cache rounded up
+  to whole key blocks of the kernel)."""
+  if flat_cache(cfg):
+    return (batch, decode_attention.cache_length(positions), cfg.width)
+  return (batch, cfg.heads, positions, cfg.head_dim)
+
+
+def cache_axes(cfg: ModelConfig) -> tuple[str | None, ...]:
+  """Logical axes of a layer's cache: rows over the batch mesh axes, heads over the head axes."""
+  if flat_cache(cfg):
+    return ("batch", "length", "act_heads")
+  return ("batch", "act_heads", "length", None)
 
 
 def normal_init(names: tuple[str | None, ...]):
@@ -269,24 +292,22 @@ class Attention(nn.Module):
     q = layer_norm(cfg, "q_norm", axis_name="head_dim")(q)
     k = layer_norm(cfg, "k_norm", axis_name="head_dim")(k)
 
-    t = x.shape[1]
-    q_pos = start + jnp.arange(t)  # [T]
-    blocks = 1
-    if cache is None:
-      k_pos = q_pos
-      new_cache = None
-      blocks = cfg.attention_blocks
-    else:
-      k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), start, 2)
-      v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), start, 2)
-      new_cache = {"k": k_all, "v": v_all}
-      k, v = k_all.astype(dtype), v_all.astype(dtype)  # [B, H, S, K]
-      k_pos = jnp.arange(k.shape[2])
-    mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
-    seeds, rate = dropout_args(self, cfg.attn_dropout, self.deterministic)
-    impl = numerics.impl(cfg, "attention_impl")
     scale = cfg.head_dim**-0.5
-    out = attention.attend(impl, q, k, v, mask, seeds, scale, rate, blocks, causal=cache is None)
+    if cache is not None and flat_cache(cfg):  # [B, S, H K]: the decode kernel
+      b, t = x.shape[:2]
+      k_all, v_all = (
+        jax.lax.dynamic_update_slice_in_dim(
+          cache[name], jnp.swapaxes(new, 1, 2).reshape(b, t, cfg.width).astype(cache[name].dtype),
+          start, 1,
+        )
+        for name, new in (("k", k), ("v", v))
+      )  # fmt: skip
+      new_cache = {"k": k_all, "v": v_all}
+      out = decode_attention.decode_attention(
+        q, k_all, v_all, start, scale, *attention.mesh_axes()
+      ).astype(dtype)
+    else:
+      out, new_cache = self._attend(q, k, v, start, cache, scale)
     # out: [B, H, T, K]
     proj_axes = ("heads", "head_dim", "embed")
     if chunked(cfg):  # contracts over (H, K) where they lie
@@ -298,6 +319,28 @@ class Attention(nn.Module):
       out = Linear((cfg.width,), proj_axes, dtype, 2, flat=flat_matmuls(cfg), name="proj")(out)
     # out: [B, T, D]
     out = Dropout(cfg.dropout, self.deterministic)(out)
+    return out, new_cache
+
+  def _attend(self, q, k, v, start, cache, scale):
+    """The attention core on [B, H, *, K] arrays: causal self-attention without a cache, else
+    this call's keys and values written at [start, start + T) of the [B, H, S, K] cache and
+    every query against the cached positions up to its own. Returns (out, new cache)."""
+    cfg, dtype = self.cfg, compute_dtype(self.cfg)
+    q_pos = start + jnp.arange(q.shape[2])  # [T]
+    blocks, new_cache = 1, None
+    if cache is None:
+      k_pos = q_pos
+      blocks = cfg.attention_blocks
+    else:
+      k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), start, 2)
+      v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), start, 2)
+      new_cache = {"k": k_all, "v": v_all}
+      k, v = k_all.astype(dtype), v_all.astype(dtype)  # [B, H, S, K]
+      k_pos = jnp.arange(k.shape[2])
+    mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
+    seeds, rate = dropout_args(self, cfg.attn_dropout, self.deterministic)
+    impl = numerics.impl(cfg, "attention_impl")
+    out = attention.attend(impl, q, k, v, mask, seeds, scale, rate, blocks, causal=cache is None)
     return out, new_cache
 
 

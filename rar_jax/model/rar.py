@@ -29,7 +29,7 @@ from rar_jax.model.presets import ModelConfig
 
 Array = jax.Array
 Params = Any
-Cache = tuple[layers.KVCache, ...]  # one {"k", "v": [B, H, S, K]} per layer
+Cache = tuple[layers.KVCache, ...]  # one {"k", "v"} per layer (`layers.cache_shape`)
 
 _REMAT_POLICIES = {
   "full": None,
@@ -161,8 +161,9 @@ def unscan(cfg: ModelConfig, params: Params) -> tuple[ModelConfig, Params]:
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int | None = None) -> Cache:
-  """A zero KV cache of `length` positions (default L + 1: every position a sampler feeds)."""
-  shape = (batch, cfg.heads, cfg.seq_len + 1 if length is None else length, cfg.head_dim)
+  """A zero KV cache of `length` positions (default L + 1: every position a sampler feeds),
+  laid out as `layers.cache_shape` (the flat cache rounded up to the decode kernel's blocks)."""
+  shape = layers.cache_shape(cfg, batch, cfg.seq_len + 1 if length is None else length)
   dtype = layers.compute_dtype(cfg)
   return tuple(
     {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.depth)

@@ -26,10 +26,12 @@ Public calls:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -39,7 +41,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rar_jax import sharding
-from rar_jax.model import rar, token_orders
+from rar_jax.model import layers, rar, token_orders
+from rar_jax.model.kernels import accounting
 from rar_jax.model.presets import ModelConfig
 from rar_jax.sampling import speculative
 
@@ -47,8 +50,7 @@ Array = jax.Array
 Params = Any
 Sampler = Callable[..., Array]
 
-# Logical axes of a layer's cache [rows, H, S, K]: rows over the batch mesh axes.
-_CACHE_AXES = ("batch", "act_heads", "length", None)
+_local = threading.local()  # the decode loop's unroll (`unrolled_loops`), for cost analyses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +204,10 @@ def feeder(
   cfg, params = rar.unscan(cfg, params)  # one cache buffer per layer, updated in place
   apply = functools.partial(rar.RAR(cfg).apply, {"params": params})
 
+  axes = layers.cache_axes(cfg)
+
   def run(ids: Array, start: Array | int, cache: rar.Cache) -> tuple[Array, rar.Cache]:
-    cache = jax.tree.map(lambda a: nn.with_logical_constraint(a, _CACHE_AXES), cache)
+    cache = jax.tree.map(lambda a: nn.with_logical_constraint(a, axes), cache)
     return apply(ids, class_tok, row_orders, start, cache)
 
   return Feeder(run, class_tok, rows, rar.init_cache(cfg, b * rows))
@@ -217,8 +221,10 @@ def _decode(
   orders: Array | None,
   key: Array | None,
   forced: Array | None,
+  unroll: int = 1,
 ) -> tuple[Array, Array | None]:
-  """The cached generation loop; with `forced` [B, L] (step order) it feeds those tokens.
+  """The cached generation loop; with `forced` [B, L] (step order) it feeds those tokens;
+  `unroll` token steps per loop iteration (`unrolled_loops`).
 
   Returns:
     tokens [B, L] int32 in step order, and the [B, L, V] step logits when forced (else None).
@@ -226,8 +232,9 @@ def _decode(
   seq_len = cfg.seq_len
   feed = feeder(cfg, sampling, params, class_ids, orders)
   rows, class_tok = feed.rows, feed.class_tok
-  ends = segment_ends(seq_len - 1)
-  cache = rar.init_cache(cfg, class_tok.shape[0], ends[0] + 2)
+  ends = decode_segments(cfg)
+  flat = layers.flat_cache(cfg)  # the decode kernel reads only the filled part: one segment
+  cache = feed.cache if flat else rar.init_cache(cfg, class_tok.shape[0], ends[0] + 2)
   prefix = jnp.stack([jnp.zeros_like(class_tok), class_tok], axis=1)  # [R, 2] = [cls, class]
   out, cache = feed.run(prefix, 0, cache)
 
@@ -247,10 +254,14 @@ def _decode(
   forced_cols = None if forced is None else forced[:, :-1].T  # [L - 1, B]
   raw, tokens, logits, start = out[:, 1], [], [], 0
   for end in ends:  # steps [start, end) write positions up to end + 1: a cache of end + 2
-    grow = ((0, 0), (0, 0), (0, end + 2 - cache[0]["k"].shape[2]), (0, 0))
-    cache = jax.tree.map(lambda a, grow=grow: jnp.pad(a, grow), cache)
+    if not flat:
+      grow = ((0, 0), (0, 0), (0, end + 2 - cache[0]["k"].shape[2]), (0, 0))
+      cache = jax.tree.map(lambda a, grow=grow: jnp.pad(a, grow), cache)
     xs = (jnp.arange(start, end), None if forced is None else forced_cols[start:end])
-    (raw, cache), (seg_tokens, seg_logits) = jax.lax.scan(body, (raw, cache), xs)
+    with accounting.reaches([t + 3 for t in range(start, end)]):  # step t sees positions <= t + 2
+      (raw, cache), (seg_tokens, seg_logits) = jax.lax.scan(
+        body, (raw, cache), xs, unroll=unroll
+      )
     tokens.append(seg_tokens)
     logits.append(seg_logits)
     start = end
@@ -259,6 +270,26 @@ def _decode(
   if forced is None:
     return tokens, None
   return tokens, jnp.concatenate([*logits, last_logits[None]]).transpose(1, 0, 2)
+
+
+def decode_segments(cfg: ModelConfig) -> list[int]:
+  """Ends of the decode loop's segments for this model: one segment when the cache is the decode
+  kernel's (it reads only the filled part), else four (`segment_ends`)."""
+  return segment_ends(cfg.seq_len - 1, 1 if layers.flat_cache(cfg) else 4)
+
+
+@contextlib.contextmanager
+def unrolled_loops(unroll: int) -> Iterator[None]:
+  """Samplers made inside the block (`make_sampler`) run `unroll` token steps per iteration of
+  each segment's loop (`lax.scan(unroll=...)`). The same tokens; XLA's cost analysis counts a loop body once,
+  so the difference of an unroll-2 and an unroll-1 program is what one more step costs
+  (`rar_jax.tools.bench`)."""
+  previous = getattr(_local, "unroll", 1)
+  _local.unroll = unroll
+  try:
+    yield
+  finally:
+    _local.unroll = previous
 
 
 def segment_ends(num_steps: int, segments: int = 4) -> list[int]:
@@ -301,7 +332,7 @@ def generate_counted(
   return _generate_counted(cfg, params, class_ids, key, sampling, orders)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "unroll"))
 def _generate_counted(
   cfg: ModelConfig,
   params: Params,
@@ -309,15 +340,16 @@ def _generate_counted(
   key: Array,
   sampling: SamplingConfig,
   orders: Array | None = None,
+  unroll: int = 1,
 ) -> tuple[Array, Array]:
-  """The jitted `generate_counted` (class ids unchecked)."""
+  """The jitted `generate_counted` (class ids unchecked); `unroll` as `unrolled_loops`."""
   if sampling.speculative_window:
     feed = feeder(cfg, sampling, params, class_ids, orders)
     logits_of = functools.partial(step_logits, sampling, num_steps=cfg.seq_len)
     window, seq_len, codes = sampling.speculative_window, cfg.seq_len, cfg.codebook_size
     step_tokens, calls = speculative.decode(feed, logits_of, window, seq_len, codes, key)
   else:  # [cls, class], then L - 1 steps
-    step_tokens, _ = _decode(cfg, sampling, params, class_ids, orders, key, None)
+    step_tokens, _ = _decode(cfg, sampling, params, class_ids, orders, key, None, unroll)
     calls = jnp.int32(cfg.seq_len)
   if orders is None:
     return step_tokens, calls
@@ -402,9 +434,10 @@ def make_sampler(cfg: ModelConfig, sampling: SamplingConfig) -> Sampler:
   """
   if sampling.speculative_window:
     speculative.check_window(sampling.speculative_window, cfg.seq_len)
+  unroll = getattr(_local, "unroll", 1)
 
   def sample(params: Params, class_ids: Array, key: Array, orders: Array | None = None) -> Array:
-    return _generate_counted(cfg, params, class_ids, key, sampling, orders)[0]
+    return _generate_counted(cfg, params, class_ids, key, sampling, orders, unroll)[0]
 
   return _CheckedSampler(cfg, jax.jit(sample))
 

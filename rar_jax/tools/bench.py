@@ -208,8 +208,10 @@ def bench_compile_only(
   roofline seconds of the Pallas kernel calls, which the cost analysis does not see: each call
   reports its FLOPs and HBM bytes (`model.kernels.accounting`), extrapolated to depth alike and
   listed as "kernels" [{"name", "calls", "flops", "bytes", "seconds"}]. For the
-  sampler, the costs of a segment's token loop (counted once by the analysis) are multiplied by
-  its trip count: the whole sample call."""
+  sampler, the whole sample call: the analysis counts a segment's token loop body once, so the
+  program is compiled with one and with two token steps per loop iteration, their difference is
+  one step's cost, and every step after the first is added (the one-off work, prefill and cache
+  set-up, counted once); the kernels in the loop report every step themselves.""" 
   from rar_jax.tools import compiled_costs, tpu_compiler  # noqa: PLC0415
 
   chip, dims = tpu_compiler.parse_slice(topology)
@@ -218,20 +220,11 @@ def bench_compile_only(
   if mode == "train":
     program = lambda c: compiled_costs.train_program(c, mesh, batch)[0]  # noqa: E731
     flops = metrics.train_flops_per_sequence(cfg) * batch
+    costs = compiled_costs.per_layer(program, cfg)
   else:
     settings = decoding.SamplingConfig(guidance, guidance_power=1.5, temperature=1.0)
-    dtype = jnp.dtype(cfg.dtype)
-    program = lambda c: compiled_costs.sample_program(c, mesh, batch, settings, dtype)  # noqa: E731
     flops = sample_flops(cfg, 2 * batch if settings.guided else batch)
-  costs = compiled_costs.per_layer(program, cfg)
-  if mode == "sample":  # the cost analysis counts each segment's token loop body once
-    trips = (cfg.seq_len - 1) / len(decoding.segment_ends(cfg.seq_len - 1))
-    for part in ("per_layer", "at_depth"):
-      for key in {"flops", "bytes accessed", "optimal_seconds"} & costs[part].keys():
-        costs[part][key] *= trips
-      for row in costs[f"kernels_{part}"]:  # recorded once per traced call, as counted above
-        for key in ("calls", "flops", "bytes", "seconds"):
-          row[key] *= trips
+    costs = _whole_sample_call(cfg, mesh, batch, settings)
   at_depth = costs["at_depth"]
   kernels = [
     {**row, "seconds": round(row["seconds"], 9), "calls": round(row["calls"], 1)}
@@ -261,6 +254,31 @@ def bench_compile_only(
       "compiler_at_depth": rounded(at_depth),
     },
   }
+
+
+def _whole_sample_call(cfg, mesh, batch: int, settings: decoding.SamplingConfig) -> dict:
+  """`compiled_costs.per_layer` of the sampler with every token step counted: programs with 1
+  and 2 steps per loop iteration (`decoding.unrolled_loops`) give one step's cost per segment
+  (a segment of odd length runs its extra step outside the loop: counted in the difference,
+  as the mean over segments); steps 2 .. n of each segment are added to the 1-step program."""
+  from rar_jax.tools import compiled_costs  # noqa: PLC0415
+
+  dtype = jnp.dtype(cfg.dtype)
+
+  def program(c, unroll):
+    with decoding.unrolled_loops(unroll):
+      return compiled_costs.sample_program(c, mesh, batch, settings, dtype)
+
+  once = compiled_costs.per_layer(lambda c: program(c, 1), cfg)
+  twice = compiled_costs.per_layer(lambda c: program(c, 2), cfg)
+  trips = np.diff([0, *decoding.decode_segments(cfg)])
+  extra = float(np.mean(1 + trips % 2))  # loop bodies the 2-step program adds per segment
+  for part in ("per_layer", "at_depth"):
+    for key in {"flops", "bytes accessed", "optimal_seconds"} & once[part].keys():
+      step = (twice[part][key] - once[part][key]) / extra  # summed over the segments
+      once[part][key] += (float(np.mean(trips)) - 1) * step
+  once["compile_s"] += twice["compile_s"]
+  return once
 
 
 def slice_devices(topology: str) -> tuple[str, int]:

@@ -1,5 +1,7 @@
 """The jitted sampler: cached loop = full forward, guidance, seeds across meshes, compiles."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,3 +156,26 @@ def test_loop_keeps_the_cache_in_place_and_on_device(params, guided_sampler):
   assert any(cache in line and "dynamic-update-slice" in line for line in lines)
   copies = [line for line in lines if f"= {cache}" in line and " copy(" in line]
   assert not copies, copies
+
+
+@pytest.mark.parametrize("window", [0, 4], ids=["plain", "speculative_W4"])
+def test_decode_kernel_samples_the_same_tokens(params, window):
+  """attention_impl "pallas" samples through the flat [B, S, H K] cache and the Pallas decode
+  kernel (interpret mode here), one segment over the whole cache: the same tokens as the
+  reference attention for the same key, guided and not, and the same teacher-forced logits."""
+  kernel_cfg = dataclasses.replace(CFG, attention_impl="pallas")
+  reference_cfg = dataclasses.replace(CFG, attention_impl="custom")
+  assert decoding.decode_segments(kernel_cfg) == [L - 1]
+  assert rar.init_cache(kernel_cfg, 2)[0]["k"].shape == (2, 32, CFG.width)  # L + 1 -> 32
+  classes = jnp.arange(3)
+  for settings in (dataclasses.replace(GUIDED, speculative_window=window), decoding.SamplingConfig()):
+    key = jax.random.key(7)
+    want = decoding.generate(reference_cfg, params, classes, key, settings)
+    got = decoding.generate(kernel_cfg, params, classes, key, settings)
+    np.testing.assert_array_equal(got, want)
+  tokens = decoding.generate(reference_cfg, params, classes, jax.random.key(1), GUIDED)
+  np.testing.assert_allclose(
+    decoding.score(kernel_cfg, params, tokens, classes, GUIDED),
+    decoding.score(reference_cfg, params, tokens, classes, GUIDED),
+    atol=2e-5,
+  )

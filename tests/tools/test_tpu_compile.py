@@ -152,6 +152,28 @@ def test_sampler_keeps_cache_in_place(sampler_program):
   assert compiled.memory_analysis().argument_size_in_bytes >= _bytes(params, True)
 
 
+def test_kernel_sampler_keeps_the_flat_cache_in_place():
+  """The TPU default sampler (attention_impl "pallas") on v5p: the decode kernel (Mosaic) runs
+  inside the one token loop on the flat [rows, S, D] cache, which is updated in place and never
+  copied (the one loop: no segments to grow it between)."""
+  cfg = ModelConfig(**{**CFG.__dict__, "attention_impl": "pallas"})
+  mesh = _mesh("v5p:2x2x1", (4, 1, 1))
+  settings = decoding.SamplingConfig(guidance_scale=4.0, guidance_power=1.0, temperature=1.0)
+  params = rar.sharded_abstract_params(cfg, mesh, dtype=jnp.bfloat16)
+  classes = jax.ShapeDtypeStruct((BATCH,), jnp.int32, sharding=sharding.batch_sharding(mesh))
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
+  with sharding.activate(mesh):
+    hlo = decoding.make_sampler(cfg, settings).lower(params, classes, key).compile().as_text()
+  assert hlo.count(" while(") == 1 and "tpu_custom_call" in hlo
+  rows = 2 * BATCH // 4
+  cache = f"bf16[{rows},32,{cfg.width}]"  # L + 1 = 17 positions in one 32-position key block
+  lines = [line for line in hlo.splitlines() if cache in line]
+  assert any("dynamic-update-slice" in line for line in lines), cache
+  copies = [line for line in lines if "= " in line and " copy(" in line.split("=", 1)[1][:40]]
+  assert not copies, copies[:3]
+
+
 def test_vqgan_decode_compiles():
   cfg = vqgan.VQGANConfig(
     hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=16, codebook_size=64,

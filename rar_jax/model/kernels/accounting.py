@@ -5,7 +5,8 @@ XLA's cost analysis does not see inside a Pallas custom call (compiled for a v5p
 structure when it is traced, and `bench --compile_only` adds them to the compiler's figures. A
 program traced under `collect()` gathers one record per traced call: a call inside a loop body (a
 scanned layer, the sampler's token loop) is recorded once, as XLA's own analysis counts it, and is
-scaled the same way (per-layer extrapolation, trip counts).
+scaled the same way (per-layer extrapolation), except in a loop that declares its trips
+(`reaches`: the sampler's token loop), where a record stands for every run of the call.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class KernelCall:
   name: str
   flops: float
   bytes: float
+  runs: int = 1  # runs of the call this record stands for (a declared loop's trips; `reaches`)
 
   def seconds(
     self, flops_per_s: float = MATMUL_FLOPS_PER_S, bytes_per_s: float = HBM_BYTES_PER_S
@@ -40,10 +42,12 @@ class KernelCall:
 
 
 def record(name: str, flops: float, bytes_accessed: float) -> None:
-  """Called by a kernel wrapper at trace time; a no-op outside `collect()`."""
+  """Called by a kernel wrapper at trace time; a no-op outside `collect()`. Inside a `reaches`
+  declaration the call stands for one run per declared trip (flops and bytes: the mean run's)."""
   calls = getattr(_local, "calls", None)
   if calls is not None:
-    calls.append(KernelCall(name, float(flops), float(bytes_accessed)))
+    runs = len(declared_reaches() or [None])
+    calls.append(KernelCall(name, float(flops), float(bytes_accessed), runs))
 
 
 @contextlib.contextmanager
@@ -57,15 +61,34 @@ def collect() -> Iterator[list[KernelCall]]:
     _local.calls = previous
 
 
+@contextlib.contextmanager
+def reaches(values: Sequence[int]) -> Iterator[None]:
+  """Declares, for the kernel calls traced inside the block, the cache positions a call reaches
+  on each run of the enclosing loop (a sampler's token loop: start + T per trip), so a call whose
+  reach is a traced value records its mean cost over those runs (`declared_reaches`)."""
+  previous = getattr(_local, "reaches", None)
+  _local.reaches = [int(v) for v in values]
+  try:
+    yield
+  finally:
+    _local.reaches = previous
+
+
+def declared_reaches() -> list[int] | None:
+  """The innermost `reaches` declaration, or None outside one."""
+  return getattr(_local, "reaches", None)
+
+
 def summarize(calls: Sequence[KernelCall]) -> list[dict]:
-  """One row per kernel name: {"name", "calls", "flops", "bytes", "seconds"}, sorted by name."""
+  """One row per kernel name: {"name", "calls", "flops", "bytes", "seconds"} over every run the
+  records stand for, sorted by name."""
   rows: dict[str, dict] = collections.defaultdict(
     lambda: {"calls": 0, "flops": 0.0, "bytes": 0.0, "seconds": 0.0}
   )
   for call in calls:
     row = rows[call.name]
-    row["calls"] += 1
-    row["flops"] += call.flops
-    row["bytes"] += call.bytes
-    row["seconds"] += call.seconds()
+    row["calls"] += call.runs
+    row["flops"] += call.runs * call.flops
+    row["bytes"] += call.runs * call.bytes
+    row["seconds"] += call.runs * call.seconds()
   return [{"name": name, **rows[name]} for name in sorted(rows)]
