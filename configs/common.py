@@ -28,11 +28,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat_policy = "none"  # none | full | dots | dots_no_batch
   c.model.attention_blocks = 4  # query blocks of the causal attention (1: full [T, T] square)
   # Numeric paths, hand-written or library (rar_jax/model/numerics.py); "auto" = per backend.
-  c.model.attention_impl = "auto"  # custom | autodiff | xla
+  c.model.attention_impl = "auto"  # custom | autodiff | xla | pallas | cudnn
   c.model.layer_norm_impl = "auto"  # custom | flax
   c.model.gelu_dropout_impl = "auto"  # custom | autodiff
   c.model.linear_impl = "auto"  # flat | dot_general
   c.model.split_impl = "auto"  # chunked | fused
+  c.model.decode_attention_impl = "auto"  # segmented | pallas (sampling's KV-cache attention)
 
   # r = 1 until the anneal start, linear to 0 at its end, as fractions of train.steps (the
   # official 125k and 187.5k of 250k). anneal_*_steps, when set, pins an end in steps instead.

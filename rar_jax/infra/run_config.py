@@ -40,6 +40,7 @@ MODEL_EXECUTION_KEYS = frozenset(
     "model.gelu_dropout_impl",
     "model.linear_impl",
     "model.split_impl",
+    "model.decode_attention_impl",
   }
 )
 

@@ -31,8 +31,8 @@ KVCache = dict[str, Array]
 
 def flat_cache(cfg: ModelConfig) -> bool:
   """Whether the KV cache is [B, S, H K], read by the Pallas decode kernel
-  (`kernels.decode_attention`; model.attention_impl "pallas"), else [B, H, S, K]."""
-  return numerics.impl(cfg, "attention_impl") == "pallas"
+  (`kernels.decode_attention`; model.decode_attention_impl "pallas"), else [B, H, S, K]."""
+  return numerics.impl(cfg, "decode_attention_impl") == "pallas"
 
 
 def cache_shape(cfg: ModelConfig, batch: int, positions: int) -> tuple[int, ...]:
@@ -141,20 +141,20 @@ class Linear(nn.Module):
 
 class ProjLinear(nn.Module):
   """The attention output projection on [B, H, T, K] (heads before positions, as the attention
-  returns it): `Linear`'s parameters (kernel [H, K, D], bias [D]) contracted over (H, K) in
-  place, without transposing to [B, T, H, K] first."""
+  returns it) or, with layout "bthk", [B, T, H, K] (the decode kernel's): `Linear`'s parameters
+  (kernel [H, K, D], bias [D]) contracted over (H, K) in place, without a transpose first."""
 
   features: int
   kernel_axes: tuple[str | None, ...]
   dtype: Any
+  layout: str = "bhtk"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param(
-      "kernel", normal_init(self.kernel_axes), (x.shape[1], x.shape[3], self.features), jnp.float32
-    )
+    h, k = x.shape[self.layout.index("h")], x.shape[self.layout.index("k")]
+    kernel = self.param("kernel", normal_init(self.kernel_axes), (h, k, self.features), jnp.float32)
     bias = self.param("bias", zeros_init(self.kernel_axes[2:]), (self.features,), jnp.float32)
-    y = jnp.einsum("bhtk,hkd->btd", x.astype(self.dtype), kernel.astype(self.dtype))
+    y = jnp.einsum(f"{self.layout},hkd->btd", x.astype(self.dtype), kernel.astype(self.dtype))
     return y + bias.astype(self.dtype)
 
 
@@ -282,39 +282,41 @@ class Attention(nn.Module):
     cfg = self.cfg
     dtype = compute_dtype(cfg)
     qkv_shape, qkv_axes = (3, cfg.heads, cfg.head_dim), ("embed", "qkv", "heads", "head_dim")
-    if chunked(cfg):  # [B, H, T, K] each, straight from the matmul
-      q, k, v = ChunkedLinear(qkv_shape, qkv_axes, dtype, "btd,dshk->sbhtk", name="qkv")(x)
+    # A [B, S, H K] cache (`flat_cache`): the decode kernel, on token-major [B, T, H, K] arrays.
+    flat = cache is not None and flat_cache(cfg)
+    layout = "bthk" if flat else "bhtk"
+    if chunked(cfg):  # each straight from the matmul
+      q, k, v = ChunkedLinear(qkv_shape, qkv_axes, dtype, f"btd,dshk->s{layout}", name="qkv")(x)
     else:
       qkv = Linear(qkv_shape, qkv_axes, dtype, flat=flat_matmuls(cfg), name="qkv")(x)
       # qkv: [B, T, 3, H, K]
-      q, k, v = (jnp.swapaxes(qkv[:, :, i], 1, 2) for i in range(3))  # [B, H, T, K]
+      q, k, v = (qkv[:, :, i] if flat else jnp.swapaxes(qkv[:, :, i], 1, 2) for i in range(3))
     # The norms act on the last axis (head dim), the same in either layout.
     q = layer_norm(cfg, "q_norm", axis_name="head_dim")(q)
     k = layer_norm(cfg, "k_norm", axis_name="head_dim")(k)
 
     scale = cfg.head_dim**-0.5
-    if cache is not None and flat_cache(cfg):  # [B, S, H K]: the decode kernel
+    if flat:
       b, t = x.shape[:2]
       k_all, v_all = (
         jax.lax.dynamic_update_slice_in_dim(
-          cache[name], jnp.swapaxes(new, 1, 2).reshape(b, t, cfg.width).astype(cache[name].dtype),
-          start, 1,
+          cache[name], new.reshape(b, t, cfg.width).astype(cache[name].dtype), start, 1
         )
         for name, new in (("k", k), ("v", v))
-      )  # fmt: skip
+      )
       new_cache = {"k": k_all, "v": v_all}
       out = decode_attention.decode_attention(
         q, k_all, v_all, start, scale, *attention.mesh_axes()
-      ).astype(dtype)
+      ).astype(dtype)  # [B, T, H, K]
     else:
-      out, new_cache = self._attend(q, k, v, start, cache, scale)
-    # out: [B, H, T, K]
+      out, new_cache = self._attend(q, k, v, start, cache, scale)  # [B, H, T, K]
     proj_axes = ("heads", "head_dim", "embed")
     if chunked(cfg):  # contracts over (H, K) where they lie
-      out = nn.with_logical_constraint(out, ("batch", "act_heads", "length", None))
-      out = ProjLinear(cfg.width, proj_axes, dtype, name="proj")(out)  # [B, T, D]
+      axes = ("batch", "length", "act_heads", None) if flat else ("batch", "act_heads", "length", None)
+      out = nn.with_logical_constraint(out, axes)
+      out = ProjLinear(cfg.width, proj_axes, dtype, layout, name="proj")(out)  # [B, T, D]
     else:
-      out = jnp.swapaxes(out, 1, 2)  # [B, T, H, K]
+      out = out if flat else jnp.swapaxes(out, 1, 2)  # [B, T, H, K]
       out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", None))
       out = Linear((cfg.width,), proj_axes, dtype, 2, flat=flat_matmuls(cfg), name="proj")(out)
     # out: [B, T, D]

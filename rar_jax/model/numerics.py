@@ -8,7 +8,7 @@ default) picks the backend's default from `DEFAULTS`, the one table of per-backe
                     attention` where no attention dropout applies (sampling, eval), else autodiff;
                     pallas: the fused Pallas TPU kernels with in-kernel dropout for causal
                     self-attention (`model.kernels.flash_attention`; Pallas' interpret mode off
-                    a TPU, for tests), custom with a KV cache; cudnn: `jax.nn.dot_product_
+                    a TPU, for tests), with a KV cache as decode_attention_impl says; cudnn: `jax.nn.dot_product_
                     attention(implementation="cudnn")` (GPU, bf16) where no attention dropout
                     applies, else custom
   layer_norm_impl   custom: hand-written backward (`model.normalization`);
@@ -17,6 +17,11 @@ default) picks the backend's default from `DEFAULTS`, the one table of per-backe
                     autodiff: the same forward under plain autodiff
   linear_impl       flat: one [N, in] x [in, out] matmul where the sharding allows;
                     dot_general: the N-d contraction (`jnp.tensordot`, as DenseGeneral)
+  decode_attention_impl (sampling: the attention of a token step against the KV cache)
+                    segmented: attention_impl's attention on a [B, H, S, K] cache, the token
+                    loop in 4 segments, each segment's cache as long as its last position;
+                    pallas: the Pallas decode kernel on a flat [B, S, H K] cache that reads only
+                    the filled key blocks, one segment (`model.kernels.decode_attention`)
   split_impl        chunked: the AdaLN modulation and the qkv projection computed chunk-major
                     ([n, B, T, D], [3, B, H, T, K]: one slab per chunk, its bias added where it
                     is read) and the output projection contracted on [B, H, T, K] in place
@@ -44,6 +49,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
   "gelu_dropout_impl": ("custom", "autodiff"),
   "linear_impl": ("flat", "dot_general"),
   "split_impl": ("chunked", "fused"),
+  "decode_attention_impl": ("segmented", "pallas"),
 }
 AUTO = "auto"
 
@@ -53,6 +59,7 @@ LIBRARY = {
   "gelu_dropout_impl": "autodiff",
   "linear_impl": "dot_general",
   "split_impl": "fused",
+  "decode_attention_impl": "segmented",
 }
 DEFAULTS: dict[str, dict[str, str]] = {
   # Measured fastest on the 2-core CPU (docs/measurements/performance.md, CPU table).
@@ -62,6 +69,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "gelu_dropout_impl": "custom",
     "linear_impl": "flat",
     "split_impl": "fused",
+    "decode_attention_impl": "segmented",
   },
   # From the TPU compiler (docs/measurements/performance.md, TPU): each default is chosen by two
   # figures, the time estimate of the train step (`bench --compile_only`, unrolled 1- and
@@ -74,14 +82,16 @@ DEFAULTS: dict[str, dict[str, str]] = {
   # program, at the same per-layer time estimate; the flat matmul costs time on the TPU. The
   # fused Pallas attention (issue 25) takes 0.90x (B) and 0.93x (XL) of the hand-written one's
   # step estimate, its kernels counted, and less memory (RAR-XXL full depth, scanned, with the
-  # hand-written layer norm and GELU: 57.6 instead of 62.2 GiB per chip); with a KV cache
-  # (sampling) "pallas" runs the hand-written attention.
+  # hand-written layer norm and GELU: 57.6 instead of 62.2 GiB per chip). Sampling keeps the
+  # segmented cache: RAR-XL's guided call at 256 images per v5p chip, counted exactly, is 3.34 s
+  # against 3.55 s with the decode kernel (docs/measurements/sampling_speed.md).
   "tpu": {
     "attention_impl": "pallas",
     "layer_norm_impl": "custom",
     "gelu_dropout_impl": "custom",
     "linear_impl": "dot_general",
     "split_impl": "chunked",
+    "decode_attention_impl": "segmented",
   },
   # Library paths until a GPU measurement says otherwise.
   "gpu": dict(LIBRARY),

@@ -55,6 +55,7 @@ class ModelConfig:
   gelu_dropout_impl: str = "auto"
   linear_impl: str = "auto"
   split_impl: str = "auto"
+  decode_attention_impl: str = "auto"
 
   @property
   def head_dim(self) -> int:

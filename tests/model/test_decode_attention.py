@@ -14,7 +14,7 @@ from rar_jax.model.kernels import decode_attention as da
 
 def _inputs(r, h, t, kd, s, dtype, seed=0):
   keys = jax.random.split(jax.random.key(seed), 3)
-  q = jax.random.normal(keys[0], (r, h, t, kd), jnp.float32).astype(dtype)
+  q = jax.random.normal(keys[0], (r, t, h, kd), jnp.float32).astype(dtype)
   k, v = (jax.random.normal(key, (r, s, h * kd), jnp.float32).astype(dtype) for key in keys[1:])
   return q, k, v
 
@@ -63,7 +63,7 @@ def test_sharded_rows_and_heads_match_one_device():
   mesh = sharding.make_mesh((4, 1, 2), 1)
   q, k, v = _inputs(8, 4, 1, 16, 64, jnp.float32)
   want = da.reference(q, k, v, 9, 0.25)
-  spec = jax.sharding.PartitionSpec("data", "tensor")
+  spec = jax.sharding.PartitionSpec("data", None, "tensor")
   q = jax.device_put(q, jax.sharding.NamedSharding(mesh, spec))
   cache = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None, "tensor"))
   k, v = jax.device_put(k, cache), jax.device_put(v, cache)
@@ -72,7 +72,7 @@ def test_sharded_rows_and_heads_match_one_device():
       lambda q, k, v, s: da.decode_attention(q, k, v, s, 0.25, ("data",), ("tensor",))
     )(q, k, v, jnp.int32(9))
   np.testing.assert_allclose(out, want, atol=1e-5)
-  assert out.sharding.spec[:2] == ("data", "tensor")
+  assert out.sharding.spec[:3] == ("data", None, "tensor")
 
 
 def test_cost_records_count_the_blocks_each_run_reads():

@@ -167,10 +167,13 @@ def test_causality_and_order_travel_together():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("split_impl", ["fused", "chunked"])
-def test_kv_cache_matches_full_forward(split_impl):
-  """Prefill [cls, class] then one token per call through the cache = the full forward."""
-  cfg = _small_cfg(split_impl=split_impl)
+@pytest.mark.parametrize(
+  "split_impl, decode", [("fused", "segmented"), ("chunked", "segmented"), ("fused", "pallas")]
+)
+def test_kv_cache_matches_full_forward(split_impl, decode):
+  """Prefill [cls, class] then one token per call through the cache = the full forward; also
+  through the flat cache and the Pallas decode kernel (interpret mode here)."""
+  cfg = _small_cfg(split_impl=split_impl, decode_attention_impl=decode)
   params = convert.from_official(_random_official(cfg), cfg)
   rng = np.random.default_rng(3)
   tokens = jnp.asarray(rng.integers(0, 64, (2, 16)))

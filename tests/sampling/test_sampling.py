@@ -160,11 +160,11 @@ def test_loop_keeps_the_cache_in_place_and_on_device(params, guided_sampler):
 
 @pytest.mark.parametrize("window", [0, 4], ids=["plain", "speculative_W4"])
 def test_decode_kernel_samples_the_same_tokens(params, window):
-  """attention_impl "pallas" samples through the flat [B, S, H K] cache and the Pallas decode
+  """decode_attention_impl "pallas" samples through the flat [B, S, H K] cache and the Pallas decode
   kernel (interpret mode here), one segment over the whole cache: the same tokens as the
   reference attention for the same key, guided and not, and the same teacher-forced logits."""
-  kernel_cfg = dataclasses.replace(CFG, attention_impl="pallas")
-  reference_cfg = dataclasses.replace(CFG, attention_impl="custom")
+  kernel_cfg = dataclasses.replace(CFG, decode_attention_impl="pallas")
+  reference_cfg = dataclasses.replace(CFG, decode_attention_impl="segmented")
   assert decoding.decode_segments(kernel_cfg) == [L - 1]
   assert rar.init_cache(kernel_cfg, 2)[0]["k"].shape == (2, 32, CFG.width)  # L + 1 -> 32
   classes = jnp.arange(3)

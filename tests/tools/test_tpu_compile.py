@@ -156,7 +156,7 @@ def test_kernel_sampler_keeps_the_flat_cache_in_place():
   """The TPU default sampler (attention_impl "pallas") on v5p: the decode kernel (Mosaic) runs
   inside the one token loop on the flat [rows, S, D] cache, which is updated in place and never
   copied (the one loop: no segments to grow it between)."""
-  cfg = ModelConfig(**{**CFG.__dict__, "attention_impl": "pallas"})
+  cfg = ModelConfig(**{**CFG.__dict__, "decode_attention_impl": "pallas"})
   mesh = _mesh("v5p:2x2x1", (4, 1, 1))
   settings = decoding.SamplingConfig(guidance_scale=4.0, guidance_power=1.0, temperature=1.0)
   params = rar.sharded_abstract_params(cfg, mesh, dtype=jnp.bfloat16)

@@ -20,7 +20,7 @@ values one product [C, 32] x [32, D]; each head's output is its own lanes of its
 products cost about (C / 1) x more arithmetic than the per-head ones, which on a memory-bound
 step the MXU absorbs (counted in full, padded as the MXU pads, in the cost records).
 
-Shapes: R rows (batch), H heads, K head dim, D = H K, T new positions, S cache positions.
+Shapes: R rows (batch), T new positions, H heads, K head dim, D = H K, S cache positions.
 """
 
 from __future__ import annotations
@@ -61,19 +61,20 @@ def reference(q: Array, k_cache: Array, v_cache: Array, start: Array | int, scal
   """The same function in plain JAX: `attention.attention` on the cache viewed as [R, H, S, K].
 
   Args:
-    q: [R, H, T, K] queries at positions start .. start + T - 1.
+    q: [R, T, H, K] queries at positions start .. start + T - 1.
     k_cache, v_cache: [R, S, H K] cached keys and values (this call's already written).
     start: the first query position; a query at p sees the keys at positions <= p.
     scale: logit scale.
 
   Returns:
-    [R, H, T, K] in the cache's dtype.
+    [R, T, H, K] in the cache's dtype.
   """
-  r, h, t, kd = q.shape
+  r, t, h, kd = q.shape
   s = k_cache.shape[1]
   k, v = (jnp.swapaxes(c.reshape(r, s, h, kd), 1, 2).astype(q.dtype) for c in (k_cache, v_cache))
   mask = jnp.arange(s)[None, :] <= (start + jnp.arange(t))[:, None]  # [T, S]
-  return attention.attention(q, k, v, mask, None, scale, 0.0)
+  out = attention.attention(jnp.swapaxes(q, 1, 2), k, v, mask, None, scale, 0.0)
+  return jnp.swapaxes(out, 1, 2)
 
 
 def _kernel(
@@ -166,9 +167,9 @@ def _record(r: int, t: int, hp: int, d: int, s: int, item: int, reaches: Sequenc
 def _attend(
   q: Array, k_cache: Array, v_cache: Array, start: Array | int, scale: float, reaches: Sequence[int]
 ) -> Array:
-  """The kernel on one shard: q [R, H, T, K], caches [R, S, H K] -> [R, H, T, K]; `reaches`
+  """The kernel on one shard: q [R, T, H, K], caches [R, S, H K] -> [R, T, H, K]; `reaches`
   for the cost record (`_reaches`)."""
-  r, h, t, kd = q.shape
+  r, t, h, kd = q.shape
   s, d = k_cache.shape[1], k_cache.shape[2]
   if d != h * kd or s % KEY_BLOCK:
     raise ValueError(f"decode attention needs caches [R, S, H*K] with S % {KEY_BLOCK} == 0, got "
@@ -177,7 +178,7 @@ def _attend(
   c = t * hp
   rows = _rows_per_step(r, c)
   _record(r, t, hp, d, s, k_cache.dtype.itemsize, reaches)
-  q_flat = jnp.swapaxes(q, 1, 2).reshape(r, t, d).astype(k_cache.dtype)  # [R, T, D]
+  q_flat = q.reshape(r, t, d).astype(k_cache.dtype)  # [R, T, D]
   lanes = np.arange(d) // kd
   heads = (lanes[None, :] == np.arange(hp)[:, None]).astype(np.float32)  # [Hp, D]
   offsets = np.repeat(np.arange(t, dtype=np.int32), hp)[:, None]  # [C, 1]
@@ -211,7 +212,7 @@ def _attend(
     interpret=target_platform() != "tpu",
     name="decode_attention",
   )(scalars, q_flat, k_cache, v_cache, jnp.asarray(heads), jnp.asarray(offsets))
-  return jnp.swapaxes(out.reshape(r, t, h, kd), 1, 2)  # [R, H, T, K]
+  return out.reshape(r, t, h, kd)
 
 
 def decode_attention(
@@ -227,7 +228,7 @@ def decode_attention(
   positions up to its own; the same function as `reference`.
 
   Args:
-    q: [R, H, T, K] queries at positions start .. start + T - 1.
+    q: [R, T, H, K] queries at positions start .. start + T - 1 (token-major, as the cache).
     k_cache, v_cache: [R, S, H K] cached keys and values, this call's already written; S a
       multiple of KEY_BLOCK (`cache_length`).
     start: the first query position (a traced int32 scalar in a sampler's loop).
@@ -236,14 +237,14 @@ def decode_attention(
       mesh (`jax.shard_map`, one kernel per shard); empty: not split.
 
   Returns:
-    [R, H, T, K] in the cache's dtype.
+    [R, T, H, K] in the cache's dtype.
   """
   mesh = jax.sharding.get_abstract_mesh()
-  reaches = _reaches(start, q.shape[2], k_cache.shape[1])
+  reaches = _reaches(start, q.shape[1], k_cache.shape[1])
   if mesh.empty or not (batch_axes or head_axes):
     return _attend(q, k_cache, v_cache, start, float(scale), reaches)
   rows, heads = batch_axes or None, head_axes or None
-  q_spec = jax.sharding.PartitionSpec(rows, heads, None, None)
+  q_spec = jax.sharding.PartitionSpec(rows, None, heads, None)
   cache_spec = jax.sharding.PartitionSpec(rows, None, heads)
   start = jnp.asarray(start, jnp.int32)
   return jax.shard_map(
