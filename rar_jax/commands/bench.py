@@ -42,7 +42,12 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_string("topology", "v5p:2x2x1", "TPU slice for --compile_only (libtpu's names).")
 flags.DEFINE_string("export", None, "Sample a trained export (its sizes and settings) instead.")
-flags.DEFINE_list("speculative_window", [], "With --export: windows W to compare to W = 0.")
+flags.DEFINE_list(
+  "speculative_window",
+  [],
+  "With --export: windows W to compare to W = 0. With --compile_only: the TPU compiler's cost of "
+  "one W-position model call per chip at --batch images per chip (W = 1: a plain token step).",
+)
 flags.DEFINE_integer("score_samples", 0, "With --export: digits score of this many samples.")
 f = flags.FLAGS
 
@@ -53,8 +58,11 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in ("train", "sample"):
     raise app.UsageError("usage: python -m rar_jax.tools.bench train|sample [flags]")
   mode = argv[1]
-  if f.speculative_window and not f.export:
-    raise app.UsageError("--speculative_window needs --export (a trained model's acceptance)")
+  if f.speculative_window and not (f.export or f.compile_only):
+    raise app.UsageError(
+      "--speculative_window needs --export (a trained model's acceptance) or --compile_only "
+      "(the cost of a window call)"
+    )
   if f.export:
     if mode != "sample":
       raise app.UsageError("--export is for `bench sample`")
@@ -77,6 +85,14 @@ def main(argv: list[str]) -> None:
       **{key: getattr(f, key) for key in numerics.CHOICES},
     }
   )
+  if f.compile_only and f.speculative_window:
+    if mode != "sample":
+      raise app.UsageError("--speculative_window is for `bench sample`")
+    cfg = numerics.for_platform(cfg, "tpu")
+    windows = [int(w) for w in f.speculative_window]
+    for result in bench.window_call_costs(cfg, f.batch, windows, f.topology, f.guidance):
+      print(json.dumps({"mode": "sample call", "topology": f.topology, **result}), flush=True)
+    return
   if f.compile_only:
     cfg = numerics.for_platform(cfg, "tpu")
     result = bench.bench_compile_only(mode, cfg, f.batch, f.topology, f.guidance)

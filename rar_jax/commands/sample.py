@@ -29,8 +29,11 @@ _POWER = flags.DEFINE_float("guidance_power", None, "Default: the export's.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Default: the export's.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely codes (0: off, as official).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0: off, as official).")
-_WINDOW = flags.DEFINE_integer(
-  "speculative_window", 0, "Speculative Jacobi window (0: the plain sampler; same samples law)."
+_WINDOW = flags.DEFINE_string(
+  "speculative_window",
+  None,
+  "Speculative Jacobi window W, 0 (the plain sampler) or auto (per backend and images per chip); "
+  "the same samples law. Default: the export's.",
 )
 _OVERWRITE = flags.DEFINE_bool(
   "overwrite", False, "Delete a sample set made with other settings in --output, then sample."

@@ -312,7 +312,9 @@ class Attention(nn.Module):
       out, new_cache = self._attend(q, k, v, start, cache, scale)  # [B, H, T, K]
     proj_axes = ("heads", "head_dim", "embed")
     if chunked(cfg):  # contracts over (H, K) where they lie
-      axes = ("batch", "length", "act_heads", None) if flat else ("batch", "act_heads", "length", None)
+      axes = (
+        ("batch", "length", "act_heads", None) if flat else ("batch", "act_heads", "length", None)
+      )
       out = nn.with_logical_constraint(out, axes)
       out = ProjLinear(cfg.width, proj_axes, dtype, layout, name="proj")(out)  # [B, T, D]
     else:

@@ -43,6 +43,7 @@ from jax.sharding import Mesh
 from rar_jax import sharding
 from rar_jax.model import layers, rar, token_orders
 from rar_jax.model.kernels import accounting
+from rar_jax.model.kernels.flash_attention import target_platform
 from rar_jax.model.presets import ModelConfig
 from rar_jax.sampling import speculative
 
@@ -67,7 +68,8 @@ class SamplingConfig:
     top_p: keep the smallest set of tokens with probability >= top_p; 1.0 is off.
     speculative_window: W > 0 samples with speculative Jacobi decoding over W drafted tokens
       per model call (`rar_jax.sampling.speculative`; the same distribution); 0 is the plain
-      sampler, one token per call.
+      sampler, one token per call; "auto" picks W per backend and images per chip
+      (`speculative.default_window`) when the sampler is called (`resolve_window`).
   """
 
   guidance_scale: float = 0.0
@@ -75,9 +77,18 @@ class SamplingConfig:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
-  speculative_window: int = 0
+  speculative_window: int | str = 0
 
   def __post_init__(self):
+    window = self.speculative_window
+    if isinstance(window, str) and window != speculative.AUTO:
+      try:  # "4" from a command line or a config override
+        window = int(window)
+      except ValueError:
+        raise ValueError(
+          f"sampling.speculative_window must be an int >= 0 or 'auto', got {window!r}"
+        ) from None
+      object.__setattr__(self, "speculative_window", window)
     if not self.guidance_scale >= 0:  # also NaN
       raise ValueError(
         f"sampling.guidance_scale must be >= 0 (0 is off), got {self.guidance_scale!r}"
@@ -90,7 +101,7 @@ class SamplingConfig:
       raise ValueError(f"sampling.top_k must be >= 0 (0 is off), got {self.top_k!r}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p!r}")
-    if self.speculative_window < 0:
+    if self.speculative_window != speculative.AUTO and self.speculative_window < 0:
       raise ValueError(
         f"sampling.speculative_window must be >= 0 (0 is off), got {self.speculative_window!r}"
       )
@@ -106,6 +117,17 @@ class SamplingConfig:
   @property
   def guided(self) -> bool:
     return self.guidance_scale != 0.0
+
+  def resolve_window(self, batch: int) -> SamplingConfig:
+    """This config with "auto" windows fixed for a global batch of `batch` images under the
+    active mesh (images per chip: batch over its data-parallel devices; the platform: the mesh's
+    devices', e.g. a TPU topology compiled for from a CPU host); other configs unchanged."""
+    if self.speculative_window != speculative.AUTO:
+      return self
+    mesh = jax.sharding.get_abstract_mesh()
+    split = 1 if mesh.empty else math.prod(mesh.shape.get(a, 1) for a in sharding.BATCH_AXES)
+    window = speculative.default_window(target_platform(), max(1, batch // split))
+    return dataclasses.replace(self, speculative_window=window)
 
 
 def guidance_schedule(sampling: SamplingConfig, step: Array | int, num_steps: int) -> Array:
@@ -259,9 +281,7 @@ def _decode(
       cache = jax.tree.map(lambda a, grow=grow: jnp.pad(a, grow), cache)
     xs = (jnp.arange(start, end), None if forced is None else forced_cols[start:end])
     with accounting.reaches([t + 3 for t in range(start, end)]):  # step t sees positions <= t + 2
-      (raw, cache), (seg_tokens, seg_logits) = jax.lax.scan(
-        body, (raw, cache), xs, unroll=unroll
-      )
+      (raw, cache), (seg_tokens, seg_logits) = jax.lax.scan(body, (raw, cache), xs, unroll=unroll)
     tokens.append(seg_tokens)
     logits.append(seg_logits)
     start = end
@@ -329,6 +349,7 @@ def generate_counted(
   """`generate`, also returning the model calls it made for the batch (a scalar int32: L for
   the plain sampler, fewer with a speculative window)."""
   check_class_ids(cfg, class_ids)
+  sampling = sampling.resolve_window(class_ids.shape[0])
   return _generate_counted(cfg, params, class_ids, key, sampling, orders)
 
 
@@ -432,12 +453,13 @@ def make_sampler(cfg: ModelConfig, sampling: SamplingConfig) -> Sampler:
   params, keys, classes or orders of the same shapes reuse that compile. Concrete class ids
   are checked first (`check_class_ids`); `.lower` and the rest are the jitted function's.
   """
-  if sampling.speculative_window:
+  if sampling.speculative_window not in (0, speculative.AUTO):
     speculative.check_window(sampling.speculative_window, cfg.seq_len)
   unroll = getattr(_local, "unroll", 1)
 
   def sample(params: Params, class_ids: Array, key: Array, orders: Array | None = None) -> Array:
-    return _generate_counted(cfg, params, class_ids, key, sampling, orders, unroll)[0]
+    settings = sampling.resolve_window(class_ids.shape[0])  # at trace time: shape and mesh known
+    return _generate_counted(cfg, params, class_ids, key, settings, orders, unroll)[0]
 
   return _CheckedSampler(cfg, jax.jit(sample))
 

@@ -37,6 +37,28 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+AUTO = "auto"
+# Where a speculative window pays, per backend: (most images per chip, W), smallest batch first;
+# larger batches sample with the plain sampler (W = 0). From the TPU compiler's cost of a window
+# call against a one-token call of RAR-XL at 8 to 256 images per v5p chip, and the tokens per
+# call measured on the digits model at the same batches (docs/measurements/sampling_speed.md);
+# the 2-core CPU never gains (a call costs ~W one-token calls there); GPU unmeasured: plain.
+DEFAULT_WINDOWS: dict[str, tuple[tuple[int, int], ...]] = {
+  "tpu": ((8, 16), (32, 4)),
+  "cpu": (),
+  "gpu": (),
+}
+
+
+def default_window(platform: str, images_per_chip: int) -> int:
+  """The window `sampling.speculative_window = "auto"` samples with on `platform` at this many
+  images per chip (0: the plain sampler)."""
+  for most, window in DEFAULT_WINDOWS.get(platform, ()):
+    if images_per_chip <= most:
+      return window
+  return 0
+
+
 def check_window(window: int, seq_len: int) -> None:
   """Raises a one-line ValueError unless 0 < window <= seq_len (the cache holds L + 1)."""
   if not 0 < window <= seq_len:

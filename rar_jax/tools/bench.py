@@ -211,7 +211,7 @@ def bench_compile_only(
   sampler, the whole sample call: the analysis counts a segment's token loop body once, so the
   program is compiled with one and with two token steps per loop iteration, their difference is
   one step's cost, and every step after the first is added (the one-off work, prefill and cache
-  set-up, counted once); the kernels in the loop report every step themselves.""" 
+  set-up, counted once); the kernels in the loop report every step themselves."""
   from rar_jax.tools import compiled_costs, tpu_compiler  # noqa: PLC0415
 
   chip, dims = tpu_compiler.parse_slice(topology)
@@ -254,6 +254,41 @@ def bench_compile_only(
       "compiler_at_depth": rounded(at_depth),
     },
   }
+
+
+def window_call_costs(
+  cfg: presets.ModelConfig, batch: int, windows: list[int], topology: str, guidance: float
+) -> list[dict]:
+  """The compiler's estimate for one cached model call of W positions (`compiled_costs.
+  model_call_program`) per chip of `topology` at `batch` images per chip: a speculative window
+  call, or with W = 1 one plain token step, the decode kernel's reads averaged over a sampling
+  call's positions. One row per W: {"images_per_chip", "rows_per_chip", "window", "call_s",
+  "compiler_s", "kernel_s", "vs_one_token"} (vs_one_token: against the W = 1 call, compiled too)."""
+  from rar_jax.tools import compiled_costs, tpu_compiler  # noqa: PLC0415
+
+  chip, dims = tpu_compiler.parse_slice(topology)
+  mesh = sharding.make_mesh((1, 1, 1), 1, tpu_compiler.devices(chip, dims)[:1])  # one chip
+  settings = decoding.SamplingConfig(guidance, guidance_power=1.5, temperature=1.0)
+  rows, costs = [], {}
+  for window in sorted({1, *windows}):
+    program = lambda c, w=window: compiled_costs.model_call_program(c, mesh, batch, w, settings)  # noqa: E731
+    found = compiled_costs.per_layer(program, cfg)
+    kernel_s = sum(row["seconds"] for row in found["kernels_at_depth"])
+    compiler_s = found["at_depth"]["optimal_seconds"]
+    costs[window] = (compiler_s + kernel_s, compiler_s, kernel_s)
+  for window in windows:
+    call_s, compiler_s, kernel_s = costs[window]
+    rows.append({
+      "images_per_chip": batch,
+      "rows_per_chip": batch * (2 if settings.guided else 1),
+      "window": window,
+      "call_s": round(call_s, 7),
+      "compiler_s": round(compiler_s, 7),
+      "kernel_s": round(kernel_s, 7),
+      "vs_one_token": round(call_s / costs[1][0], 3),
+      "decode_attention_impl": numerics.impl(cfg, "decode_attention_impl"),
+    })  # fmt: skip
+  return rows
 
 
 def _whole_sample_call(cfg, mesh, batch: int, settings: decoding.SamplingConfig) -> dict:

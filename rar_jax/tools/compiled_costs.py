@@ -54,12 +54,40 @@ def sample_program(
 ) -> Any:
   """The jitted KV-cache sampler (`decoding.make_sampler`) compiled for `mesh` on abstract
   parameters, [batch] class ids sharded over the batch axes and a replicated key."""
-  params = rar.sharded_abstract_params(cfg, mesh, dtype=param_dtype)
+  with accounting.collect():  # the parameters' shapes come from a trace that is not the program
+    params = rar.sharded_abstract_params(cfg, mesh, dtype=param_dtype)
   classes = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding.batch_sharding(mesh))
   key = jax.eval_shape(lambda: jax.random.key(0))
   key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
   with sharding.activate(mesh):
     return decoding.make_sampler(cfg, settings).lower(params, classes, key).compile()
+
+
+def model_call_program(
+  cfg: ModelConfig, mesh: Mesh, batch: int, window: int, settings: decoding.SamplingConfig
+) -> Any:
+  """One cached model call of the sampler (`decoding.feeder`): `window` positions of every
+  model row (2 x batch with guidance) against the whole L + 1 position cache, compiled for `mesh`
+  with the cache donated and the start traced, as inside the sampling loop. A decode kernel in
+  it counts the mean cost over a sampling call's starts (`accounting.reaches`)."""
+  with accounting.collect():  # shape traces, not the program
+    params = rar.sharded_abstract_params(cfg, mesh, dtype=jnp.dtype(cfg.dtype))
+    cache = jax.eval_shape(lambda: rar.init_cache(cfg, batch * (2 if settings.guided else 1)))
+  batch_sh = sharding.batch_sharding(mesh)
+  classes = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sh)
+  rows = batch * (2 if settings.guided else 1)
+  ids = jax.ShapeDtypeStruct((rows, window), jnp.int32, sharding=batch_sh)
+  start = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
+  cache = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sh), cache)
+
+  def call(params, classes, ids, start, cache):
+    feed = decoding.feeder(cfg, settings, params, classes, None)
+    return feed.run(ids, start, cache)
+
+  reaches = range(window + 1, cfg.seq_len + 2)  # a window fed at [s + 1, s + 1 + W)
+  with sharding.activate(mesh), accounting.reaches(reaches, runs=1):
+    jitted = jax.jit(call, donate_argnums=4)
+    return jitted.lower(params, classes, ids, start, cache).compile()
 
 
 def analysis(compiled: Any) -> dict[str, float]:

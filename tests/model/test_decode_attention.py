@@ -68,9 +68,9 @@ def test_sharded_rows_and_heads_match_one_device():
   cache = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None, "tensor"))
   k, v = jax.device_put(k, cache), jax.device_put(v, cache)
   with sharding.activate(mesh):
-    out = jax.jit(
-      lambda q, k, v, s: da.decode_attention(q, k, v, s, 0.25, ("data",), ("tensor",))
-    )(q, k, v, jnp.int32(9))
+    out = jax.jit(lambda q, k, v, s: da.decode_attention(q, k, v, s, 0.25, ("data",), ("tensor",)))(
+      q, k, v, jnp.int32(9)
+    )
   np.testing.assert_allclose(out, want, atol=1e-5)
   assert out.sharding.spec[:3] == ("data", None, "tensor")
 

@@ -168,7 +168,10 @@ def test_decode_kernel_samples_the_same_tokens(params, window):
   assert decoding.decode_segments(kernel_cfg) == [L - 1]
   assert rar.init_cache(kernel_cfg, 2)[0]["k"].shape == (2, 32, CFG.width)  # L + 1 -> 32
   classes = jnp.arange(3)
-  for settings in (dataclasses.replace(GUIDED, speculative_window=window), decoding.SamplingConfig()):
+  for settings in (
+    dataclasses.replace(GUIDED, speculative_window=window),
+    decoding.SamplingConfig(),
+  ):
     key = jax.random.key(7)
     want = decoding.generate(reference_cfg, params, classes, key, settings)
     got = decoding.generate(kernel_cfg, params, classes, key, settings)

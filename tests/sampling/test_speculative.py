@@ -17,7 +17,7 @@ import pytest
 from scipy import stats
 
 from rar_jax.model import presets, rar
-from rar_jax.sampling import decoding, export
+from rar_jax.sampling import decoding, export, speculative
 
 # 4 tokens of a 3-code book, 2 classes: 81 sequences per class.
 TINY = presets.resolve(
@@ -28,7 +28,7 @@ PER_CLASS = 2000
 ORDER = np.array([2, 0, 3, 1], np.int32)
 
 
-def _settings(window: int) -> decoding.SamplingConfig:
+def _settings(window: int | str) -> decoding.SamplingConfig:
   return decoding.SamplingConfig(
     guidance_scale=2.5, guidance_power=1.0, temperature=0.8, top_k=2, speculative_window=window
   )
@@ -171,3 +171,32 @@ def test_bench_compares_windows_on_an_export(params16, tmp_path):
   bad = subprocess.run([*base, "--speculative_window=17"], capture_output=True, text=True, env=env)
   assert bad.returncode != 0
   assert "speculative_window=17 must be in [1, seq_len=16]" in bad.stderr
+
+
+def test_auto_window_per_backend_and_images_per_chip(tiny_params):
+  """ "auto" resolves per platform and images per chip (`speculative.DEFAULT_WINDOWS`): on this
+  CPU it is the plain sampler, token for token; for a TPU topology (compile only) the window of
+  the table's row for the batch per chip, the plain sampler past the table."""
+  from rar_jax import sharding  # noqa: PLC0415
+  from rar_jax.tools import tpu_compiler  # noqa: PLC0415
+
+  auto = _settings("auto")
+  assert auto.resolve_window(8).speculative_window == 0  # CPU, no mesh
+  classes = jnp.arange(4) % 2
+  np.testing.assert_array_equal(
+    decoding.generate(TINY, tiny_params, classes, jax.random.key(5), auto),
+    decoding.generate(TINY, tiny_params, classes, jax.random.key(5), _settings(0)),
+  )
+  assert decoding.SamplingConfig(speculative_window="8").speculative_window == 8  # a flag's text
+  with pytest.raises(ValueError, match="must be an int >= 0 or 'auto', got 'fast'"):
+    decoding.SamplingConfig(speculative_window="fast")
+  assert speculative.default_window("cpu", 1) == 0 and speculative.default_window("gpu", 1) == 0
+  if tpu_compiler.unavailable_reason() is not None:
+    pytest.skip(f"TPU compiler unavailable: {tpu_compiler.unavailable_reason()}")
+  chip, dims = tpu_compiler.parse_slice("v5p:2x2x1")
+  mesh = sharding.make_mesh((-1, 1, 1), 1, tpu_compiler.devices(chip, dims))  # 4 chips
+  (most_small, w_small), *_ = speculative.DEFAULT_WINDOWS["tpu"]
+  largest = speculative.DEFAULT_WINDOWS["tpu"][-1][0]
+  with sharding.activate(mesh):
+    assert auto.resolve_window(4 * most_small).speculative_window == w_small
+    assert auto.resolve_window(4 * (largest + 1)).speculative_window == 0

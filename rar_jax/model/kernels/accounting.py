@@ -46,7 +46,8 @@ def record(name: str, flops: float, bytes_accessed: float) -> None:
   declaration the call stands for one run per declared trip (flops and bytes: the mean run's)."""
   calls = getattr(_local, "calls", None)
   if calls is not None:
-    runs = len(declared_reaches() or [None])
+    declared = getattr(_local, "reaches", None)
+    runs = 1 if declared is None else declared[1]
     calls.append(KernelCall(name, float(flops), float(bytes_accessed), runs))
 
 
@@ -62,12 +63,14 @@ def collect() -> Iterator[list[KernelCall]]:
 
 
 @contextlib.contextmanager
-def reaches(values: Sequence[int]) -> Iterator[None]:
+def reaches(values: Sequence[int], runs: int | None = None) -> Iterator[None]:
   """Declares, for the kernel calls traced inside the block, the cache positions a call reaches
   on each run of the enclosing loop (a sampler's token loop: start + T per trip), so a call whose
-  reach is a traced value records its mean cost over those runs (`declared_reaches`)."""
+  reach is a traced value records its mean cost over those runs (`declared_reaches`) and stands
+  for `runs` of them (default: one per value; 1 for one call at a typical position)."""
   previous = getattr(_local, "reaches", None)
-  _local.reaches = [int(v) for v in values]
+  values = [int(v) for v in values]
+  _local.reaches = (values, len(values) if runs is None else runs)
   try:
     yield
   finally:
@@ -75,8 +78,9 @@ def reaches(values: Sequence[int]) -> Iterator[None]:
 
 
 def declared_reaches() -> list[int] | None:
-  """The innermost `reaches` declaration, or None outside one."""
-  return getattr(_local, "reaches", None)
+  """The innermost `reaches` declaration's values, or None outside one."""
+  declared = getattr(_local, "reaches", None)
+  return None if declared is None else declared[0]
 
 
 def summarize(calls: Sequence[KernelCall]) -> list[dict]:
