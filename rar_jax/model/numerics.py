@@ -8,9 +8,9 @@ default) picks the backend's default from `DEFAULTS`, the one table of per-backe
                     attention` where no attention dropout applies (sampling, eval), else autodiff;
                     pallas: the fused Pallas TPU kernels with in-kernel dropout for causal
                     self-attention (`model.kernels.flash_attention`; Pallas' interpret mode off
-                    a TPU, for tests), with a KV cache as decode_attention_impl says; cudnn: `jax.nn.dot_product_
-                    attention(implementation="cudnn")` (GPU, bf16) where no attention dropout
-                    applies, else custom
+                    a TPU, for tests), with a KV cache as decode_attention_impl says;
+                    cudnn: `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16)
+                    where no attention dropout applies, else custom
   layer_norm_impl   custom: hand-written backward (`model.normalization`);
                     flax: `flax.linen.LayerNorm(use_fast_variance=False)`
   gelu_dropout_impl custom: GELU + dropout with a hand-written backward (`model.dropout`);

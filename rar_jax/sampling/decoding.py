@@ -301,9 +301,9 @@ def decode_segments(cfg: ModelConfig) -> list[int]:
 @contextlib.contextmanager
 def unrolled_loops(unroll: int) -> Iterator[None]:
   """Samplers made inside the block (`make_sampler`) run `unroll` token steps per iteration of
-  each segment's loop (`lax.scan(unroll=...)`). The same tokens; XLA's cost analysis counts a loop body once,
-  so the difference of an unroll-2 and an unroll-1 program is what one more step costs
-  (`rar_jax.tools.bench`)."""
+  each segment's loop (`lax.scan(unroll=...)`). The same tokens; XLA's cost analysis counts a
+  loop body once, so the difference of an unroll-2 and an unroll-1 program is what one more
+  step costs (`rar_jax.tools.bench`)."""
   previous = getattr(_local, "unroll", 1)
   _local.unroll = unroll
   try:
