@@ -39,12 +39,14 @@ Array = jax.Array
 
 AUTO = "auto"
 # Where a speculative window pays, per backend: (most images per chip, W), smallest batch first;
-# larger batches sample with the plain sampler (W = 0). From the TPU compiler's cost of a window
-# call against a one-token call of RAR-XL at 8 to 256 images per v5p chip, and the tokens per
-# call measured on the digits model at the same batches (docs/measurements/sampling_speed.md);
-# the 2-core CPU never gains (a call costs ~W one-token calls there); GPU unmeasured: plain.
+# larger batches sample with the plain sampler (W = 0). TPU: the compiler's cost of a W-position
+# call of RAR-XL inside a sampling loop at 1 to 256 images per v5p chip, with the tokens per call
+# of the digits model at the same batches, against the plain sampler's whole call: W = 8 is ~3x
+# at 1 image per chip (the step reads the weights either way), and below 1x from 8 images per
+# chip up (docs/measurements/sampling_speed.md). The 2-core CPU never gains (a call costs about
+# W one-token calls there). GPU: unmeasured, plain.
 DEFAULT_WINDOWS: dict[str, tuple[tuple[int, int], ...]] = {
-  "tpu": ((8, 16), (32, 4)),
+  "tpu": ((1, 8),),
   "cpu": (),
   "gpu": (),
 }

@@ -259,10 +259,10 @@ def bench_compile_only(
 def window_call_costs(
   cfg: presets.ModelConfig, batch: int, windows: list[int], topology: str, guidance: float
 ) -> list[dict]:
-  """The compiler's estimate for one cached model call of W positions (`compiled_costs.
-  model_call_program`) per chip of `topology` at `batch` images per chip: a speculative window
-  call, or with W = 1 one plain token step, the decode kernel's reads averaged over a sampling
-  call's positions. One row per W: {"images_per_chip", "rows_per_chip", "window", "call_s",
+  """The compiler's estimate for one cached model call of W positions inside a sampling loop
+  (`compiled_costs.model_call_program`, unroll 2 less unroll 1) per chip of `topology` at
+  `batch` images per chip: a speculative window call, or with W = 1 one plain token step, the
+  decode kernel's reads averaged over a sampling call's positions. One row per W: {"images_per_chip", "rows_per_chip", "window", "call_s",
   "compiler_s", "kernel_s", "vs_one_token"} (vs_one_token: against the W = 1 call, compiled too)."""
   from rar_jax.tools import compiled_costs, tpu_compiler  # noqa: PLC0415
 
@@ -271,10 +271,17 @@ def window_call_costs(
   settings = decoding.SamplingConfig(guidance, guidance_power=1.5, temperature=1.0)
   rows, costs = [], {}
   for window in sorted({1, *windows}):
-    program = lambda c, w=window: compiled_costs.model_call_program(c, mesh, batch, w, settings)  # noqa: E731
-    found = compiled_costs.per_layer(program, cfg)
-    kernel_s = sum(row["seconds"] for row in found["kernels_at_depth"])
-    compiler_s = found["at_depth"]["optimal_seconds"]
+    found = [
+      compiled_costs.per_layer(
+        lambda c, w=window, u=unroll: compiled_costs.model_call_program(
+          c, mesh, batch, w, settings, u
+        ),
+        cfg,
+      )
+      for unroll in (1, 2)
+    ]  # one more call in the loop: the difference
+    kernel_s = sum(row["seconds"] for row in found[0]["kernels_at_depth"])
+    compiler_s = found[1]["at_depth"]["optimal_seconds"] - found[0]["at_depth"]["optimal_seconds"]
     costs[window] = (compiler_s + kernel_s, compiler_s, kernel_s)
   for window in windows:
     call_s, compiler_s, kernel_s = costs[window]
@@ -282,9 +289,9 @@ def window_call_costs(
       "images_per_chip": batch,
       "rows_per_chip": batch * (2 if settings.guided else 1),
       "window": window,
-      "call_s": round(call_s, 7),
-      "compiler_s": round(compiler_s, 7),
-      "kernel_s": round(kernel_s, 7),
+      "call_s": round(call_s, 9),
+      "compiler_s": round(compiler_s, 9),
+      "kernel_s": round(kernel_s, 9),
       "vs_one_token": round(call_s / costs[1][0], 3),
       "decode_attention_impl": numerics.impl(cfg, "decode_attention_impl"),
     })  # fmt: skip

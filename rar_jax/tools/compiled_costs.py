@@ -64,12 +64,19 @@ def sample_program(
 
 
 def model_call_program(
-  cfg: ModelConfig, mesh: Mesh, batch: int, window: int, settings: decoding.SamplingConfig
+  cfg: ModelConfig,
+  mesh: Mesh,
+  batch: int,
+  window: int,
+  settings: decoding.SamplingConfig,
+  unroll: int = 1,
 ) -> Any:
-  """One cached model call of the sampler (`decoding.feeder`): `window` positions of every
-  model row (2 x batch with guidance) against the whole L + 1 position cache, compiled for `mesh`
-  with the cache donated and the start traced, as inside the sampling loop. A decode kernel in
-  it counts the mean cost over a sampling call's starts (`accounting.reaches`)."""
+  """Cached model calls of the sampler (`decoding.feeder`) as a sampling loop runs them: a
+  `lax.scan` of 8 calls, each feeding `window` positions of every model row (2 x batch with
+  guidance) at its own start against the whole L + 1 position cache it carries, `unroll` calls
+  per iteration, compiled for `mesh`. XLA counts a loop body once, so the unroll-2 program less
+  the unroll-1 program is one call in the loop (the one-off layout work outside it cancels). A
+  decode kernel in it records the mean cost over a sampling call's starts, as one run."""
   with accounting.collect():  # shape traces, not the program
     params = rar.sharded_abstract_params(cfg, mesh, dtype=jnp.dtype(cfg.dtype))
     cache = jax.eval_shape(lambda: rar.init_cache(cfg, batch * (2 if settings.guided else 1)))
@@ -77,17 +84,22 @@ def model_call_program(
   classes = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sh)
   rows = batch * (2 if settings.guided else 1)
   ids = jax.ShapeDtypeStruct((rows, window), jnp.int32, sharding=batch_sh)
-  start = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
   cache = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sh), cache)
+  starts = jnp.linspace(1, cfg.seq_len + 1 - window, 8).astype(jnp.int32)
 
-  def call(params, classes, ids, start, cache):
+  def calls(params, classes, ids, cache):
     feed = decoding.feeder(cfg, settings, params, classes, None)
-    return feed.run(ids, start, cache)
+
+    def call(cache, start):
+      out, cache = feed.run(ids, start, cache)
+      return cache, out[:, -1, 0]
+
+    return jax.lax.scan(call, cache, starts, unroll=unroll)
 
   reaches = range(window + 1, cfg.seq_len + 2)  # a window fed at [s + 1, s + 1 + W)
   with sharding.activate(mesh), accounting.reaches(reaches, runs=1):
-    jitted = jax.jit(call, donate_argnums=4)
-    return jitted.lower(params, classes, ids, start, cache).compile()
+    jitted = jax.jit(calls, donate_argnums=3)
+    return jitted.lower(params, classes, ids, cache).compile()
 
 
 def analysis(compiled: Any) -> dict[str, float]:

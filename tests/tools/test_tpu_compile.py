@@ -262,3 +262,18 @@ def test_kernel_accounting_matches_the_compiler_on_xla_twins():
   # one at 297 TFLOP/s, so the kernel's own time is 0.75x the twin's (docs/measurements).
   ratio = matmul["kernel"]["seconds"] / matmul["compiler_on_xla"]["optimal_seconds"]
   assert 0.6 < ratio < 1.05, matmul
+
+
+def test_window_call_costs_count_the_decode_kernel():
+  """`bench sample --compile_only --speculative_window`: the cost of one W-position model call
+  per chip, the decode kernel's own seconds included; a wider window costs more."""
+  from rar_jax.tools import bench  # noqa: PLC0415
+
+  cfg = ModelConfig(**{**CFG.__dict__, "decode_attention_impl": "pallas"})
+  one, four = bench.window_call_costs(cfg, BATCH, [1, 4], "v5p:2x2x1", guidance=2.0)
+  assert (one["window"], four["window"]) == (1, 4) and one["rows_per_chip"] == 2 * BATCH
+  for row in (one, four):
+    assert row["kernel_s"] > 0 and row["call_s"] == pytest.approx(
+      row["compiler_s"] + row["kernel_s"], rel=1e-3
+    )
+  assert one["vs_one_token"] == 1.0 and four["vs_one_token"] > 1.0
