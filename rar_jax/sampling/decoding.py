@@ -118,16 +118,17 @@ class SamplingConfig:
   def guided(self) -> bool:
     return self.guidance_scale != 0.0
 
-  def resolve_window(self, batch: int) -> SamplingConfig:
+  def resolve_window(self, batch: int, seq_len: int) -> SamplingConfig:
     """This config with "auto" windows fixed for a global batch of `batch` images under the
     active mesh (images per chip: batch over its data-parallel devices; the platform: the mesh's
-    devices', e.g. a TPU topology compiled for from a CPU host); other configs unchanged."""
+    devices', e.g. a TPU topology compiled for from a CPU host), at most seq_len; other configs
+    unchanged."""
     if self.speculative_window != speculative.AUTO:
       return self
     mesh = jax.sharding.get_abstract_mesh()
     split = 1 if mesh.empty else math.prod(mesh.shape.get(a, 1) for a in sharding.BATCH_AXES)
     window = speculative.default_window(target_platform(), max(1, batch // split))
-    return dataclasses.replace(self, speculative_window=window)
+    return dataclasses.replace(self, speculative_window=min(window, seq_len))
 
 
 def guidance_schedule(sampling: SamplingConfig, step: Array | int, num_steps: int) -> Array:
@@ -349,7 +350,7 @@ def generate_counted(
   """`generate`, also returning the model calls it made for the batch (a scalar int32: L for
   the plain sampler, fewer with a speculative window)."""
   check_class_ids(cfg, class_ids)
-  sampling = sampling.resolve_window(class_ids.shape[0])
+  sampling = sampling.resolve_window(class_ids.shape[0], cfg.seq_len)
   return _generate_counted(cfg, params, class_ids, key, sampling, orders)
 
 
@@ -458,7 +459,7 @@ def make_sampler(cfg: ModelConfig, sampling: SamplingConfig) -> Sampler:
   unroll = getattr(_local, "unroll", 1)
 
   def sample(params: Params, class_ids: Array, key: Array, orders: Array | None = None) -> Array:
-    settings = sampling.resolve_window(class_ids.shape[0])  # at trace time: shape and mesh known
+    settings = sampling.resolve_window(class_ids.shape[0], cfg.seq_len)  # shape and mesh known
     return _generate_counted(cfg, params, class_ids, key, settings, orders, unroll)[0]
 
   return _CheckedSampler(cfg, jax.jit(sample))

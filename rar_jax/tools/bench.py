@@ -262,8 +262,9 @@ def window_call_costs(
   """The compiler's estimate for one cached model call of W positions inside a sampling loop
   (`compiled_costs.model_call_program`, unroll 2 less unroll 1) per chip of `topology` at
   `batch` images per chip: a speculative window call, or with W = 1 one plain token step, the
-  decode kernel's reads averaged over a sampling call's positions. One row per W: {"images_per_chip", "rows_per_chip", "window", "call_s",
-  "compiler_s", "kernel_s", "vs_one_token"} (vs_one_token: against the W = 1 call, compiled too)."""
+  decode kernel's reads averaged over a sampling call's positions. One row per W:
+  {"images_per_chip", "rows_per_chip", "window", "call_s", "compiler_s", "kernel_s",
+  "vs_one_token"} (vs_one_token: against the W = 1 call, compiled too)."""
   from rar_jax.tools import compiled_costs, tpu_compiler  # noqa: PLC0415
 
   chip, dims = tpu_compiler.parse_slice(topology)

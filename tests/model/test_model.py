@@ -168,7 +168,8 @@ def test_causality_and_order_travel_together():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  "split_impl, decode", [("fused", "segmented"), ("chunked", "segmented"), ("fused", "pallas")]
+  "split_impl, decode",
+  [("fused", "segmented"), ("chunked", "segmented"), ("fused", "pallas"), ("chunked", "pallas")],
 )
 def test_kv_cache_matches_full_forward(split_impl, decode):
   """Prefill [cls, class] then one token per call through the cache = the full forward; also

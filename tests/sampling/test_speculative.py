@@ -181,7 +181,7 @@ def test_auto_window_per_backend_and_images_per_chip(tiny_params):
   from rar_jax.tools import tpu_compiler  # noqa: PLC0415
 
   auto = _settings("auto")
-  assert auto.resolve_window(8).speculative_window == 0  # CPU, no mesh
+  assert auto.resolve_window(8, 4).speculative_window == 0  # CPU, no mesh
   classes = jnp.arange(4) % 2
   np.testing.assert_array_equal(
     decoding.generate(TINY, tiny_params, classes, jax.random.key(5), auto),
@@ -198,5 +198,6 @@ def test_auto_window_per_backend_and_images_per_chip(tiny_params):
   (most_small, w_small), *_ = speculative.DEFAULT_WINDOWS["tpu"]
   largest = speculative.DEFAULT_WINDOWS["tpu"][-1][0]
   with sharding.activate(mesh):
-    assert auto.resolve_window(4 * most_small).speculative_window == w_small
-    assert auto.resolve_window(4 * (largest + 1)).speculative_window == 0
+    assert auto.resolve_window(4 * most_small, 256).speculative_window == w_small
+    assert auto.resolve_window(4 * most_small, 4).speculative_window == min(w_small, 4)
+    assert auto.resolve_window(4 * (largest + 1), 256).speculative_window == 0
