@@ -277,3 +277,30 @@ def test_window_call_costs_count_the_decode_kernel():
       row["compiler_s"] + row["kernel_s"], rel=1e-3
     )
   assert one["vs_one_token"] == 1.0 and four["vs_one_token"] > 1.0
+
+
+def test_decode_kernel_compiles_for_v6e_with_rows_and_heads_split():
+  """The decode kernel (Mosaic) for v6e, a guided step's rows over (data, fsdp) and RAR-XL's 16
+  heads of 80 over tensor (`shard_map`), at T = 1 and a window of 16."""
+  from rar_jax.model.kernels import decode_attention  # noqa: PLC0415
+
+  mesh = _mesh("v6e:2x2", (1, 2, 2))
+  rows, heads = ("data", "fsdp"), ("tensor",)
+  cache_spec = jax.sharding.PartitionSpec(rows, None, heads)
+  cache = jax.ShapeDtypeStruct(
+    (32, 288, 1280), jnp.bfloat16, sharding=jax.sharding.NamedSharding(mesh, cache_spec)
+  )
+  start = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
+  for t in (1, 16):
+    q_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(rows, None, heads, None))
+    q = jax.ShapeDtypeStruct((32, t, 16, 80), jnp.bfloat16, sharding=q_spec)
+    with sharding.activate(mesh):
+      compiled = (
+        jax.jit(
+          lambda q, k, v, s: decode_attention.decode_attention(q, k, v, s, 80**-0.5, rows, heads)
+        )
+        .lower(q, cache, cache, start)
+        .compile()
+      )
+    assert "tpu_custom_call" in compiled.as_text()
+    assert compiled.output_shardings.spec == q_spec.spec  # stays split, no gather
