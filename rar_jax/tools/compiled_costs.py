@@ -77,12 +77,12 @@ def model_call_program(
   per iteration, compiled for `mesh`. XLA counts a loop body once, so the unroll-2 program less
   the unroll-1 program is one call in the loop (the one-off layout work outside it cancels). A
   decode kernel in it records the mean cost over a sampling call's starts, as one run."""
+  rows = batch * (2 if settings.guided else 1)
   with accounting.collect():  # shape traces, not the program
     params = rar.sharded_abstract_params(cfg, mesh, dtype=jnp.dtype(cfg.dtype))
-    cache = jax.eval_shape(lambda: rar.init_cache(cfg, batch * (2 if settings.guided else 1)))
+    cache = jax.eval_shape(lambda: rar.init_cache(cfg, rows))
   batch_sh = sharding.batch_sharding(mesh)
   classes = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sh)
-  rows = batch * (2 if settings.guided else 1)
   ids = jax.ShapeDtypeStruct((rows, window), jnp.int32, sharding=batch_sh)
   cache = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sh), cache)
   starts = jnp.linspace(1, cfg.seq_len + 1 - window, 8).astype(jnp.int32)
