@@ -178,13 +178,14 @@ def test_sharded_call_computes_the_whole_arrays_result():
   with jax.set_mesh(mesh):
     got, grads = jax.jit(run)(q, k, v, dout)
   np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
-  for g, w in zip(grads, want_grads, strict=True):
-    np.testing.assert_allclose(g, w, atol=1e-6, rtol=0)
+  for g, w in zip(grads, want_grads, strict=True):  # reductions of other shapes: f32 rounding
+    np.testing.assert_allclose(g, w, atol=5e-6, rtol=0)
 
 
 def test_calls_record_their_block_costs():
   """One record per kernel call; FLOPs of the causal block pairs only (6 of 9 at T = 258), the
-  head dim counted as the MXU pads it; HBM bytes of q, k, v, o (and the gradients) once each."""
+  head dim counted as the MXU pads it; HBM bytes of q, k, v, o (and the gradients) once each,
+  as the TPU's tiles lay them out."""
   b, h, t, d = 2, 4, 258, 48
   x = jax.ShapeDtypeStruct((b, h, t, d), jnp.bfloat16)
   seeds = jax.ShapeDtypeStruct((2,), jnp.uint32)
@@ -200,10 +201,14 @@ def test_calls_record_their_block_costs():
   assert rows["flash_attention_fwd"]["flops"] == 2 * block_pairs
   assert rows["flash_attention_dq"]["flops"] == 3 * block_pairs
   assert rows["flash_attention_dkv"]["flops"] == 4 * block_pairs
-  array = b * h * 384 * d * 2  # one padded bf16 [B, H, 384, D] array
-  assert rows["flash_attention_fwd"]["bytes"] == 4 * array + b * h * 384 * 4
-  assert rows["flash_attention_dkv"]["bytes"] == rows["flash_attention_dq"]["bytes"]
-  assert rows["flash_attention_dkv"]["bytes"] == 6 * array + b * h * 384 * 8
+  by_key = b * h * 272 * 128 * 2  # bf16 [B, H, T, D]: [258, 48] in [16, 128] tiles
+  by_query = b * h * 48 * 384 * 2  # bf16 [B, H, D, T] (transposed): [48, 258] in tiles
+  assert fa.tiled_bytes((b, h, t, d), jnp.bfloat16) == by_key
+  assert fa.tiled_bytes((b, h, d, t), jnp.bfloat16) == by_query
+  assert fa.tiled_bytes((t, d), jnp.float32) == 264 * 128 * 4
+  assert rows["flash_attention_fwd"]["bytes"] == 3 * by_query + by_key + b * h * t * 4
+  assert rows["flash_attention_dkv"]["bytes"] == 4 * by_key + 2 * by_query + b * h * t * 8
+  assert rows["flash_attention_dq"]["bytes"] == 2 * by_key + 4 * by_query + b * h * t * 8
   assert all(r["calls"] == 1 for r in rows.values())
 
 

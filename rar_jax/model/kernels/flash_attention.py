@@ -9,11 +9,14 @@ the query gradient and one for the key and value gradients.
 
 Layout: queries sit on the 128 lanes of every [keys, queries] tile (the logits are formed as
 k q^T), so the per-query statistics (max, sum, logsumexp) are lane-dense rows [1, queries] and
-the head dim (48 to 88 in the presets) is a full-array block dimension. The sequence is padded
-once to a multiple of 128 with zeros (T = 258 -> 384: three query blocks and six of the nine
-[128, 128] blocks); the padded queries' outputs are dropped and their zero cotangents give
-zero gradients. Each grid step holds every head of one (batch, block) pair and loops over the
-heads inside the kernel, so the grid has B x T/128 steps.
+the head dim (48 to 88 in the presets) is a full-array block dimension. The kernels take the
+arrays unpadded (T = 258): the grid has ceil(T / 128) blocks (three query blocks and six of the
+nine [128, 128] block pairs) and the last one runs past the array's end, where Pallas reads
+unspecified values (NaN in interpret mode) and drops the writes. Every block that can reach
+past T selects zeros for the positions beyond it before they meet a matmul, and masks their
+probabilities and logit gradients, so nothing of them reaches a valid row, and no pad or slice
+of the sequence happens in HBM. Each grid step holds every head of one (batch, block) pair and
+loops over the heads inside the kernel, so the grid has B x ceil(T/128) steps.
 
 Attention dropout is generated inside the kernels from a counter-based hash of (seeds, batch,
 head, query, key) in int32 arithmetic (`keep_bits`): the same bits as `dropout.bits_from_seeds`
@@ -25,7 +28,8 @@ CPU tests). The platform is the active mesh's (`target_platform`), so a program 
 time for a TPU topology from a CPU host gets the real kernels. XLA's cost model does not see into
 the kernels, so every traced call reports its FLOPs and HBM bytes to `accounting`.
 
-Shapes: B batch, H heads, T positions (queries = keys), D head dim, P = T padded to 128.
+Shapes: B batch, H heads, T positions (queries = keys), D head dim, P = T rounded up to 128
+(the span the blocks cover).
 """
 
 from __future__ import annotations
@@ -130,11 +134,25 @@ def _causal(key0, query0):
   return keys <= queries
 
 
+def _inside(start, t: int, shape: tuple[int, int], axis: int) -> Array:
+  """bool `shape`: whether position start + (index along `axis`) lies before the sequence end t."""
+  return start + lax.broadcasted_iota(jnp.int32, shape, axis) < t
+
+
+def _zero_beyond(x: Array, start, t: int, axis: int) -> Array:
+  """x with the positions past the sequence end t (along `axis`, the first at `start`) set to
+  zero: a block read past the array's end holds unspecified values there, which a matmul would
+  carry into valid rows even where their probabilities are zero."""
+  return jnp.where(_inside(start, t, x.shape, axis), x, jnp.zeros((), x.dtype))
+
+
 def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, rate, t):
   """One (batch, query block): every head against key blocks 0..i.
 
   q_t_ref [1, H, D, BLOCK]; k_ref [1, H, P, D]; v_t_ref [1, H, D, P];
   o_t_ref [1, H, D, BLOCK] (output, transposed); lse_ref [1, H, 1, BLOCK] (logsumexp).
+  Keys past t occur only in the last diagonal block, where the causal mask removes them from
+  every valid query; their values are zeroed there.
   """
   b, i = pl.program_id(0), pl.program_id(1)
   heads, d = q_t_ref.shape[1], q_t_ref.shape[2]
@@ -157,6 +175,8 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
       if rate > 0.0:
         p = jnp.where(_block_keep(scalars, rate, t, b, h, key0, query0), p, 0.0)
       v_t = v_t_ref[0, h, :, pl.ds(key0, BLOCK)]  # [D, BLOCK]
+      if diagonal and t % BLOCK:
+        v_t = _zero_beyond(v_t, key0, t, 1)
       acc = alpha * acc + lax.dot_general(
         v_t, p.astype(v_t.dtype), _NN, preferred_element_type=_F32
       )
@@ -177,14 +197,13 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
 
 
 def _probs_and_dlogits(
-  scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal
+  scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal, edge
 ):
   """The recomputed block: dropped probabilities [keys, queries] (dv's operand) and the logit
-  gradient times scale [keys, queries]; causally masked if `diagonal`."""
+  gradient times scale [keys, queries]; both zero above the causal diagonal if `diagonal` and
+  for queries past t if `edge` (the block may reach past the sequence end)."""
   s_t = lax.dot_general(k, q_t, _NN, preferred_element_type=_F32) * scale
   p = jnp.exp(s_t - lse)  # [keys, queries]
-  if diagonal:
-    p = jnp.where(_causal(key0, query0), p, 0.0)
   dp = lax.dot_general(v, do_t, _NN, preferred_element_type=_F32)  # d(dropped probs)
   dropped = p
   if rate > 0.0:
@@ -192,6 +211,14 @@ def _probs_and_dlogits(
     dropped = jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0)
     dp = jnp.where(keep, dp * (1.0 / (1.0 - rate)), 0.0)
   ds = p * (dp - di) * scale
+  valid = None
+  if diagonal:
+    valid = _causal(key0, query0)
+  if edge:
+    inside = _inside(query0, t, (BLOCK, BLOCK), 1)
+    valid = inside if valid is None else valid & inside
+  if valid is not None:  # selects, not products: the discarded entries may be NaN
+    dropped, ds = jnp.where(valid, dropped, 0.0), jnp.where(valid, ds, 0.0)
   return dropped, ds
 
 
@@ -201,12 +228,14 @@ def _dkv_kernel(
   """One (batch, key block j): every head against query blocks j..end.
 
   k_ref, v_ref [1, H, BLOCK, D]; q_t_ref, do_t_ref [1, H, D, P]; lse_ref, di_ref [1, H, 1, P];
-  dk_ref, dv_ref [1, H, BLOCK, D].
+  dk_ref, dv_ref [1, H, BLOCK, D]. Keys past t (the last block's) give only their own, dropped,
+  rows; queries past t are zeroed and masked in every query block when T is not whole blocks.
   """
   b, j = pl.program_id(0), pl.program_id(1)
   heads, d = k_ref.shape[1], k_ref.shape[3]
   blocks = q_t_ref.shape[3] // BLOCK
   key0 = j * BLOCK
+  edge = bool(t % BLOCK)
 
   def head(h, carry):
     k, v = k_ref[0, h], v_ref[0, h]  # [BLOCK, D]
@@ -218,8 +247,10 @@ def _dkv_kernel(
       do_t = do_t_ref[0, h, :, pl.ds(query0, BLOCK)]
       lse = lse_ref[0, h, :, pl.ds(query0, BLOCK)]  # [1, BLOCK]
       di = di_ref[0, h, :, pl.ds(query0, BLOCK)]
+      if edge:
+        q_t, do_t = _zero_beyond(q_t, query0, t, 1), _zero_beyond(do_t, query0, t, 1)
       dropped, ds = _probs_and_dlogits(
-        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal
+        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal, edge
       )
       dv = dv + lax.dot_general(dropped.astype(do_t.dtype), do_t, _NT, preferred_element_type=_F32)
       dk = dk + lax.dot_general(ds.astype(q_t.dtype), q_t, _NT, preferred_element_type=_F32)
@@ -241,7 +272,8 @@ def _dq_kernel(
   """One (batch, query block i): every head against key blocks 0..i.
 
   q_t_ref, do_t_ref [1, H, D, BLOCK]; lse_ref, di_ref [1, H, 1, BLOCK]; k_ref, v_ref [1, H, P, D];
-  k_t_ref [1, H, D, P]; dq_t_ref [1, H, D, BLOCK].
+  k_t_ref [1, H, D, P]; dq_t_ref [1, H, D, BLOCK]. Keys past t occur only in the last diagonal
+  block: their logit gradients are masked and their k^T columns zeroed there.
   """
   b, i = pl.program_id(0), pl.program_id(1)
   heads, d = q_t_ref.shape[1], q_t_ref.shape[2]
@@ -256,9 +288,11 @@ def _dq_kernel(
       k = k_ref[0, h, pl.ds(key0, BLOCK), :]  # [BLOCK, D]
       v = v_ref[0, h, pl.ds(key0, BLOCK), :]
       _, ds = _probs_and_dlogits(
-        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal
+        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal, False
       )
       k_t = k_t_ref[0, h, :, pl.ds(key0, BLOCK)]  # [D, BLOCK]
+      if diagonal and t % BLOCK:
+        k_t = _zero_beyond(k_t, key0, t, 1)
       return dq_t + lax.dot_general(k_t, ds.astype(k_t.dtype), _NN, preferred_element_type=_F32)
 
     dq_t = lax.fori_loop(0, i, key_block, jnp.zeros((d, BLOCK), _F32))
@@ -296,13 +330,24 @@ def _call(kernel, out_shape, grid, in_specs, out_specs, name, scalars, *args):
   )(scalars, *args)
 
 
-def _blocks(p: int) -> int:
-  return p // BLOCK
+def _span(t: int) -> int:
+  """P: the positions the blocks cover, t rounded up to whole blocks."""
+  return -(-t // BLOCK) * BLOCK
 
 
 def _causal_pairs(p: int) -> int:
-  n = _blocks(p)
+  n = p // BLOCK
   return n * (n + 1) // 2
+
+
+def tiled_bytes(shape: tuple[int, ...], dtype) -> int:
+  """HBM bytes of an array in the TPU's tiled layout: the last two dimensions rounded up to
+  whole (8 x 32 bits / itemsize, 128) tiles (bf16 [258, 48] takes [272, 128] of space)."""
+  item = jnp.dtype(dtype).itemsize
+  rows, cols = (1, *shape)[-2:]
+  sublanes = 8 * 4 // item
+  lead = int(np.prod(shape[:-2], dtype=np.int64)) if len(shape) > 2 else 1
+  return lead * (-(-rows // sublanes) * sublanes) * (-(-cols // 128) * 128) * item
 
 
 def _record(name: str, b: int, h: int, p: int, d: int, matmuls: int, bytes_: float) -> None:
@@ -313,18 +358,18 @@ def _record(name: str, b: int, h: int, p: int, d: int, matmuls: int, bytes_: flo
   accounting.record(name, flops, bytes_)
 
 
-def _forward(q_t, k, v_t, scalars, scale, rate, t):
-  """o_t [B, H, D, P] (q's dtype) and lse [B, H, 1, P] f32 from the padded, laid-out inputs."""
-  b, h, d, p = q_t.shape
-  n = _blocks(p)
-  item = q_t.dtype.itemsize
+def _forward(q_t, k, v_t, scalars, scale, rate):
+  """o_t [B, H, D, T] (q's dtype) and lse [B, H, 1, T] f32 from q^T, k, v^T (unpadded)."""
+  b, h, d, t = q_t.shape
+  p = _span(t)
   # q read once, k and v once per sample (their block index changes only with b), o written.
-  _record("flash_attention_fwd", b, h, p, d, 2, b * h * p * (4 * d * item + 4))
+  moved = [(q_t.shape, q_t.dtype)] * 2 + [(k.shape, k.dtype), (v_t.shape, v_t.dtype)]
+  _record("flash_attention_fwd", b, h, p, d, 2, sum(tiled_bytes(*a) for a in moved) + b * h * t * 4)
   kernel = functools.partial(_fwd_kernel, scale=scale, rate=rate, t=t)
   return _call(
     kernel,
-    (jax.ShapeDtypeStruct((b, h, d, p), q_t.dtype), jax.ShapeDtypeStruct((b, h, 1, p), _F32)),
-    (b, n),
+    (jax.ShapeDtypeStruct((b, h, d, t), q_t.dtype), jax.ShapeDtypeStruct((b, h, 1, t), _F32)),
+    (b, p // BLOCK),
     [
       pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
       pl.BlockSpec((1, h, p, d), lambda bi, i, s: (bi, 0, 0, 0)),
@@ -342,21 +387,23 @@ def _forward(q_t, k, v_t, scalars, scale, rate, t):
   )
 
 
-def _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate, t):
-  """dq_t [B, H, D, P], dk, dv [B, H, P, D] from the padded, laid-out residuals."""
-  b, h, d, p = q_t.shape
-  n = _blocks(p)
-  item = q_t.dtype.itemsize
-  di = jnp.sum(do_t.astype(_F32) * o_t.astype(_F32), axis=2, keepdims=True)  # [B, H, 1, P]
-  k_t = jnp.swapaxes(k, 2, 3)  # [B, H, D, P]
+def _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate):
+  """dq_t [B, H, D, T], dk, dv [B, H, T, D] from the residuals (unpadded)."""
+  b, h, d, t = q_t.shape
+  p = _span(t)
+  di = jnp.sum(do_t.astype(_F32) * o_t.astype(_F32), axis=2, keepdims=True)  # [B, H, 1, T]
+  k_t = jnp.swapaxes(k, 2, 3)  # [B, H, D, T]
   stats = (1, h, 1, BLOCK)
   kw = dict(scale=scale, rate=rate, t=t)
+  by_key = (k.shape, k.dtype)
+  by_query = (q_t.shape, q_t.dtype)
   # dk/dv: k, v read and dk, dv written once; q, do, lse, di read once per sample.
-  _record("flash_attention_dkv", b, h, p, d, 4, b * h * p * (6 * d * item + 8))
+  moved = sum(tiled_bytes(*a) for a in [by_key] * 4 + [by_query] * 2) + b * h * t * 8
+  _record("flash_attention_dkv", b, h, p, d, 4, moved)
   dk, dv = _call(
     functools.partial(_dkv_kernel, **kw),
     (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-    (b, n),
+    (b, p // BLOCK),
     [
       pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
       pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
@@ -379,11 +426,12 @@ def _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate, t):
     di,
   )
   # dq: q, do, lse, di read and dq written once; k, v, k^T read once per sample.
-  _record("flash_attention_dq", b, h, p, d, 3, b * h * p * (6 * d * item + 8))
+  moved = sum(tiled_bytes(*a) for a in [by_key] * 2 + [by_query] * 4) + b * h * t * 8
+  _record("flash_attention_dq", b, h, p, d, 3, moved)
   dq_t = _call(
     functools.partial(_dq_kernel, **kw),
     jax.ShapeDtypeStruct(q_t.shape, q_t.dtype),
-    (b, n),
+    (b, p // BLOCK),
     [
       pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
       pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
@@ -407,35 +455,23 @@ def _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate, t):
   return dq_t, dk, dv
 
 
-def _pad(x: Array, axis: int, p: int) -> Array:
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, p - x.shape[axis])
-  return jnp.pad(x, widths)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _attention(q: Array, k: Array, v: Array, scalars: Array, scale: float, rate: float) -> Array:
   return _attention_fwd(q, k, v, scalars, scale, rate)[0]
 
 
 def _attention_fwd(q, k, v, scalars, scale, rate):
-  t = q.shape[2]
-  p = -(-t // BLOCK) * BLOCK
-  q_t = _pad(jnp.swapaxes(q, 2, 3), 3, p)  # [B, H, D, P]
-  k_p = _pad(k, 2, p)  # [B, H, P, D]
-  v_p = _pad(v, 2, p)
-  o_t, lse = _forward(q_t, k_p, jnp.swapaxes(v_p, 2, 3), scalars, scale, rate, t)
-  out = jnp.swapaxes(o_t[..., :t], 2, 3)  # [B, H, T, D]
-  return out.astype(v.dtype), (q_t, k_p, v_p, o_t, lse, scalars)
+  q_t = jnp.swapaxes(q, 2, 3)  # [B, H, D, T]
+  o_t, lse = _forward(q_t, k, jnp.swapaxes(v, 2, 3), scalars, scale, rate)
+  out = jnp.swapaxes(o_t, 2, 3)  # [B, H, T, D]
+  return out.astype(v.dtype), (q_t, k, v, o_t, lse, scalars)
 
 
 def _attention_bwd(scale, rate, residuals, dout):
-  q_t, k_p, v_p, o_t, lse, scalars = residuals
-  t, p = dout.shape[2], q_t.shape[3]
-  do_t = _pad(jnp.swapaxes(dout, 2, 3), 3, p).astype(q_t.dtype)  # [B, H, D, P]
-  dq_t, dk, dv = _backward(q_t, k_p, v_p, o_t, lse, do_t, scalars, scale, rate, t)
-  dq = jnp.swapaxes(dq_t[..., :t], 2, 3)
-  return dq, dk[:, :, :t], dv[:, :, :t], np.zeros(scalars.shape, jax.dtypes.float0)
+  q_t, k, v, o_t, lse, scalars = residuals
+  do_t = jnp.swapaxes(dout, 2, 3).astype(q_t.dtype)  # [B, H, D, T]
+  dq_t, dk, dv = _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate)
+  return jnp.swapaxes(dq_t, 2, 3), dk, dv, np.zeros(scalars.shape, jax.dtypes.float0)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
