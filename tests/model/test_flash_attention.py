@@ -206,9 +206,10 @@ def test_calls_record_their_block_costs():
   assert fa.tiled_bytes((b, h, t, d), jnp.bfloat16) == by_key
   assert fa.tiled_bytes((b, h, d, t), jnp.bfloat16) == by_query
   assert fa.tiled_bytes((t, d), jnp.float32) == 264 * 128 * 4
-  assert rows["flash_attention_fwd"]["bytes"] == 3 * by_query + by_key + b * h * t * 4
-  assert rows["flash_attention_dkv"]["bytes"] == 4 * by_key + 2 * by_query + b * h * t * 8
-  assert rows["flash_attention_dq"]["bytes"] == 2 * by_key + 4 * by_query + b * h * t * 8
+  # every operand transposed, [B, H, D, T]
+  assert rows["flash_attention_fwd"]["bytes"] == 4 * by_query + b * h * t * 4
+  assert rows["flash_attention_dkv"]["bytes"] == 6 * by_query + b * h * t * 8
+  assert rows["flash_attention_dq"]["bytes"] == 5 * by_query + b * h * t * 8
   assert all(r["calls"] == 1 for r in rows.values())
 
 

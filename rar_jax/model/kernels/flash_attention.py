@@ -7,9 +7,12 @@ see). No [B, H, T, S] array reaches HBM: the forward saves the output and one lo
 query row, and the backward recomputes the probabilities block by block in two kernels, one for
 the query gradient and one for the key and value gradients.
 
-Layout: queries sit on the 128 lanes of every [keys, queries] tile (the logits are formed as
-k q^T), so the per-query statistics (max, sum, logsumexp) are lane-dense rows [1, queries] and
-the head dim (48 to 88 in the presets) is a full-array block dimension. The kernels take the
+Layout: every operand and result is transposed, [B, H, D, T] with the positions on the 128
+lanes (the layout XLA itself keeps q, k and v in, so no copy happens around the kernels); the
+logits are formed as k q^T (a transposed-operand product on the MXU), so queries sit on the
+lanes of every [keys, queries] tile, the per-query statistics (max, sum, logsumexp) are
+lane-dense rows [1, queries], and the head dim (48 to 88 in the presets) is a full-array block
+dimension. The kernels take the
 arrays unpadded (T = 258): the grid has ceil(T / 128) blocks (three query blocks and six of the
 nine [128, 128] block pairs) and the last one runs past the array's end, where Pallas reads
 unspecified values (NaN in interpret mode) and drops the writes. Every block that can reach
@@ -52,6 +55,7 @@ _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: no inf - inf in 
 _F32 = jnp.float32
 _NN = (((1,), (0,)), ((), ()))  # [m, k] x [k, n]
 _NT = (((1,), (1,)), ((), ()))  # [m, k] x [n, k]
+_TN = (((0,), (0,)), ((), ()))  # [k, m] x [k, n]
 
 
 def _i32(value: int) -> np.int32:
@@ -146,10 +150,10 @@ def _zero_beyond(x: Array, start, t: int, axis: int) -> Array:
   return jnp.where(_inside(start, t, x.shape, axis), x, jnp.zeros((), x.dtype))
 
 
-def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, rate, t):
+def _fwd_kernel(scalars, q_t_ref, k_t_ref, v_t_ref, o_t_ref, lse_ref, *, scale, rate, t):
   """One (batch, query block): every head against key blocks 0..i.
 
-  q_t_ref [1, H, D, BLOCK]; k_ref [1, H, P, D]; v_t_ref [1, H, D, P];
+  q_t_ref [1, H, D, BLOCK]; k_t_ref, v_t_ref [1, H, D, P];
   o_t_ref [1, H, D, BLOCK] (output, transposed); lse_ref [1, H, 1, BLOCK] (logsumexp).
   Keys past t occur only in the last diagonal block, where the causal mask removes them from
   every valid query; their values are zeroed there.
@@ -164,8 +168,8 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
     def key_block(j, state, diagonal=False):
       m, total, acc = state  # running max, sum [1, BLOCK]; output [D, BLOCK]
       key0 = pl.multiple_of(j * BLOCK, BLOCK)
-      k = k_ref[0, h, pl.ds(key0, BLOCK), :]  # [BLOCK, D]
-      s_t = lax.dot_general(k, q_t, _NN, preferred_element_type=_F32) * scale  # [keys, queries]
+      k_t = k_t_ref[0, h, :, pl.ds(key0, BLOCK)]  # [D, BLOCK]
+      s_t = lax.dot_general(k_t, q_t, _TN, preferred_element_type=_F32) * scale  # [keys, queries]
       if diagonal:  # the causal mask cuts only the diagonal block
         s_t = jnp.where(_causal(key0, query0), s_t, _MASK_VALUE)
       m_new = jnp.maximum(m, jnp.max(s_t, axis=0, keepdims=True))
@@ -197,14 +201,14 @@ def _fwd_kernel(scalars, q_t_ref, k_ref, v_t_ref, o_t_ref, lse_ref, *, scale, ra
 
 
 def _probs_and_dlogits(
-  scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal, edge
+  scalars, rate, t, scale, b, h, key0, query0, k_t, v_t, q_t, do_t, lse, di, diagonal, edge
 ):
   """The recomputed block: dropped probabilities [keys, queries] (dv's operand) and the logit
   gradient times scale [keys, queries]; both zero above the causal diagonal if `diagonal` and
   for queries past t if `edge` (the block may reach past the sequence end)."""
-  s_t = lax.dot_general(k, q_t, _NN, preferred_element_type=_F32) * scale
+  s_t = lax.dot_general(k_t, q_t, _TN, preferred_element_type=_F32) * scale
   p = jnp.exp(s_t - lse)  # [keys, queries]
-  dp = lax.dot_general(v, do_t, _NN, preferred_element_type=_F32)  # d(dropped probs)
+  dp = lax.dot_general(v_t, do_t, _TN, preferred_element_type=_F32)  # d(dropped probs)
   dropped = p
   if rate > 0.0:
     keep = _block_keep(scalars, rate, t, b, h, key0, query0)
@@ -223,25 +227,38 @@ def _probs_and_dlogits(
 
 
 def _dkv_kernel(
-  scalars, k_ref, v_ref, q_t_ref, do_t_ref, lse_ref, di_ref, dk_ref, dv_ref, *, scale, rate, t
+  scalars,
+  k_t_ref,
+  v_t_ref,
+  q_t_ref,
+  do_t_ref,
+  lse_ref,
+  di_ref,
+  dk_t_ref,
+  dv_t_ref,
+  *,
+  scale,
+  rate,
+  t,
 ):
   """One (batch, key block j): every head against query blocks j..end.
 
-  k_ref, v_ref [1, H, BLOCK, D]; q_t_ref, do_t_ref [1, H, D, P]; lse_ref, di_ref [1, H, 1, P];
-  dk_ref, dv_ref [1, H, BLOCK, D]. Keys past t (the last block's) give only their own, dropped,
-  rows; queries past t are zeroed and masked in every query block when T is not whole blocks.
+  k_t_ref, v_t_ref [1, H, D, BLOCK]; q_t_ref, do_t_ref [1, H, D, P]; lse_ref, di_ref [1, H, 1, P];
+  dk_t_ref, dv_t_ref [1, H, D, BLOCK]. Keys past t (the last block's) give only their own,
+  dropped, columns; queries past t are zeroed and masked in every query block when T is not
+  whole blocks.
   """
   b, j = pl.program_id(0), pl.program_id(1)
-  heads, d = k_ref.shape[1], k_ref.shape[3]
+  heads, d = k_t_ref.shape[1], k_t_ref.shape[2]
   blocks = q_t_ref.shape[3] // BLOCK
   key0 = j * BLOCK
   edge = bool(t % BLOCK)
 
   def head(h, carry):
-    k, v = k_ref[0, h], v_ref[0, h]  # [BLOCK, D]
+    k_t, v_t = k_t_ref[0, h], v_t_ref[0, h]  # [D, BLOCK]
 
     def query_block(i, grads, diagonal=False):
-      dk, dv = grads
+      dk_t, dv_t = grads  # [D, keys]
       query0 = pl.multiple_of(i * BLOCK, BLOCK)
       q_t = q_t_ref[0, h, :, pl.ds(query0, BLOCK)]  # [D, BLOCK]
       do_t = do_t_ref[0, h, :, pl.ds(query0, BLOCK)]
@@ -250,29 +267,31 @@ def _dkv_kernel(
       if edge:
         q_t, do_t = _zero_beyond(q_t, query0, t, 1), _zero_beyond(do_t, query0, t, 1)
       dropped, ds = _probs_and_dlogits(
-        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal, edge
+        scalars, rate, t, scale, b, h, key0, query0, k_t, v_t, q_t, do_t, lse, di, diagonal, edge
       )
-      dv = dv + lax.dot_general(dropped.astype(do_t.dtype), do_t, _NT, preferred_element_type=_F32)
-      dk = dk + lax.dot_general(ds.astype(q_t.dtype), q_t, _NT, preferred_element_type=_F32)
-      return dk, dv
+      dv_t = dv_t + lax.dot_general(
+        do_t, dropped.astype(do_t.dtype), _NT, preferred_element_type=_F32
+      )
+      dk_t = dk_t + lax.dot_general(q_t, ds.astype(q_t.dtype), _NT, preferred_element_type=_F32)
+      return dk_t, dv_t
 
-    zeros = jnp.zeros((BLOCK, d), _F32)
+    zeros = jnp.zeros((d, BLOCK), _F32)
     grads = query_block(j, (zeros, zeros), diagonal=True)
-    dk, dv = lax.fori_loop(j + 1, blocks, query_block, grads)
-    dk_ref[0, h] = dk.astype(dk_ref.dtype)
-    dv_ref[0, h] = dv.astype(dv_ref.dtype)
+    dk_t, dv_t = lax.fori_loop(j + 1, blocks, query_block, grads)
+    dk_t_ref[0, h] = dk_t.astype(dk_t_ref.dtype)
+    dv_t_ref[0, h] = dv_t.astype(dv_t_ref.dtype)
     return carry
 
   lax.fori_loop(0, heads, head, 0)
 
 
 def _dq_kernel(
-  scalars, q_t_ref, do_t_ref, lse_ref, di_ref, k_ref, v_ref, k_t_ref, dq_t_ref, *, scale, rate, t
+  scalars, q_t_ref, do_t_ref, lse_ref, di_ref, k_t_ref, v_t_ref, dq_t_ref, *, scale, rate, t
 ):
   """One (batch, query block i): every head against key blocks 0..i.
 
-  q_t_ref, do_t_ref [1, H, D, BLOCK]; lse_ref, di_ref [1, H, 1, BLOCK]; k_ref, v_ref [1, H, P, D];
-  k_t_ref [1, H, D, P]; dq_t_ref [1, H, D, BLOCK]. Keys past t occur only in the last diagonal
+  q_t_ref, do_t_ref [1, H, D, BLOCK]; lse_ref, di_ref [1, H, 1, BLOCK]; k_t_ref, v_t_ref
+  [1, H, D, P]; dq_t_ref [1, H, D, BLOCK]. Keys past t occur only in the last diagonal
   block: their logit gradients are masked and their k^T columns zeroed there.
   """
   b, i = pl.program_id(0), pl.program_id(1)
@@ -285,12 +304,11 @@ def _dq_kernel(
 
     def key_block(j, dq_t, diagonal=False):
       key0 = pl.multiple_of(j * BLOCK, BLOCK)
-      k = k_ref[0, h, pl.ds(key0, BLOCK), :]  # [BLOCK, D]
-      v = v_ref[0, h, pl.ds(key0, BLOCK), :]
-      _, ds = _probs_and_dlogits(
-        scalars, rate, t, scale, b, h, key0, query0, k, v, q_t, do_t, lse, di, diagonal, False
-      )
       k_t = k_t_ref[0, h, :, pl.ds(key0, BLOCK)]  # [D, BLOCK]
+      v_t = v_t_ref[0, h, :, pl.ds(key0, BLOCK)]
+      _, ds = _probs_and_dlogits(
+        scalars, rate, t, scale, b, h, key0, query0, k_t, v_t, q_t, do_t, lse, di, diagonal, False
+      )
       if diagonal and t % BLOCK:
         k_t = _zero_beyond(k_t, key0, t, 1)
       return dq_t + lax.dot_general(k_t, ds.astype(k_t.dtype), _NN, preferred_element_type=_F32)
@@ -358,13 +376,14 @@ def _record(name: str, b: int, h: int, p: int, d: int, matmuls: int, bytes_: flo
   accounting.record(name, flops, bytes_)
 
 
-def _forward(q_t, k, v_t, scalars, scale, rate):
-  """o_t [B, H, D, T] (q's dtype) and lse [B, H, 1, T] f32 from q^T, k, v^T (unpadded)."""
+def _forward(q_t, k_t, v_t, scalars, scale, rate):
+  """o_t [B, H, D, T] (q's dtype) and lse [B, H, 1, T] f32 from q^T, k^T, v^T (unpadded)."""
   b, h, d, t = q_t.shape
   p = _span(t)
   # q read once, k and v once per sample (their block index changes only with b), o written.
-  moved = [(q_t.shape, q_t.dtype)] * 2 + [(k.shape, k.dtype), (v_t.shape, v_t.dtype)]
-  _record("flash_attention_fwd", b, h, p, d, 2, sum(tiled_bytes(*a) for a in moved) + b * h * t * 4)
+  _record(
+    "flash_attention_fwd", b, h, p, d, 2, 4 * tiled_bytes(q_t.shape, q_t.dtype) + b * h * t * 4
+  )
   kernel = functools.partial(_fwd_kernel, scale=scale, rate=rate, t=t)
   return _call(
     kernel,
@@ -372,7 +391,7 @@ def _forward(q_t, k, v_t, scalars, scale, rate):
     (b, p // BLOCK),
     [
       pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
-      pl.BlockSpec((1, h, p, d), lambda bi, i, s: (bi, 0, 0, 0)),
+      pl.BlockSpec((1, h, d, p), lambda bi, i, s: (bi, 0, 0, 0)),
       pl.BlockSpec((1, h, d, p), lambda bi, i, s: (bi, 0, 0, 0)),
     ],
     [
@@ -382,77 +401,70 @@ def _forward(q_t, k, v_t, scalars, scale, rate):
     "flash_attention_fwd",
     scalars,
     q_t,
-    k,
+    k_t,
     v_t,
   )
 
 
-def _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate):
-  """dq_t [B, H, D, T], dk, dv [B, H, T, D] from the residuals (unpadded)."""
+def _backward(q_t, k_t, v_t, o_t, lse, do_t, scalars, scale, rate):
+  """dq_t, dk_t, dv_t [B, H, D, T] from the residuals (unpadded, transposed)."""
   b, h, d, t = q_t.shape
   p = _span(t)
   di = jnp.sum(do_t.astype(_F32) * o_t.astype(_F32), axis=2, keepdims=True)  # [B, H, 1, T]
-  k_t = jnp.swapaxes(k, 2, 3)  # [B, H, D, T]
   stats = (1, h, 1, BLOCK)
   kw = dict(scale=scale, rate=rate, t=t)
-  by_key = (k.shape, k.dtype)
-  by_query = (q_t.shape, q_t.dtype)
+  array = tiled_bytes(q_t.shape, q_t.dtype)
+  whole = pl.BlockSpec((1, h, d, p), lambda bi, j, s: (bi, 0, 0, 0))
+  blocked = pl.BlockSpec((1, h, d, BLOCK), lambda bi, j, s: (bi, 0, 0, j))
   # dk/dv: k, v read and dk, dv written once; q, do, lse, di read once per sample.
-  moved = sum(tiled_bytes(*a) for a in [by_key] * 4 + [by_query] * 2) + b * h * t * 8
-  _record("flash_attention_dkv", b, h, p, d, 4, moved)
-  dk, dv = _call(
+  _record("flash_attention_dkv", b, h, p, d, 4, 6 * array + b * h * t * 8)
+  dk_t, dv_t = _call(
     functools.partial(_dkv_kernel, **kw),
-    (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
+    (jax.ShapeDtypeStruct(k_t.shape, k_t.dtype), jax.ShapeDtypeStruct(v_t.shape, v_t.dtype)),
     (b, p // BLOCK),
     [
-      pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
-      pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
-      pl.BlockSpec((1, h, d, p), lambda bi, j, s: (bi, 0, 0, 0)),
-      pl.BlockSpec((1, h, d, p), lambda bi, j, s: (bi, 0, 0, 0)),
+      blocked,
+      blocked,
+      whole,
+      whole,
       pl.BlockSpec((1, h, 1, p), lambda bi, j, s: (bi, 0, 0, 0)),
       pl.BlockSpec((1, h, 1, p), lambda bi, j, s: (bi, 0, 0, 0)),
     ],
-    [
-      pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
-      pl.BlockSpec((1, h, BLOCK, d), lambda bi, j, s: (bi, 0, j, 0)),
-    ],
+    [blocked, blocked],
     "flash_attention_dkv",
     scalars,
-    k,
-    v,
+    k_t,
+    v_t,
     q_t,
     do_t,
     lse,
     di,
   )
-  # dq: q, do, lse, di read and dq written once; k, v, k^T read once per sample.
-  moved = sum(tiled_bytes(*a) for a in [by_key] * 2 + [by_query] * 4) + b * h * t * 8
-  _record("flash_attention_dq", b, h, p, d, 3, moved)
+  # dq: q, do, lse, di read and dq written once; k, v read once per sample.
+  _record("flash_attention_dq", b, h, p, d, 3, 5 * array + b * h * t * 8)
   dq_t = _call(
     functools.partial(_dq_kernel, **kw),
     jax.ShapeDtypeStruct(q_t.shape, q_t.dtype),
     (b, p // BLOCK),
     [
-      pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
-      pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
+      blocked,
+      blocked,
       pl.BlockSpec(stats, lambda bi, i, s: (bi, 0, 0, i)),
       pl.BlockSpec(stats, lambda bi, i, s: (bi, 0, 0, i)),
-      pl.BlockSpec((1, h, p, d), lambda bi, i, s: (bi, 0, 0, 0)),
-      pl.BlockSpec((1, h, p, d), lambda bi, i, s: (bi, 0, 0, 0)),
-      pl.BlockSpec((1, h, d, p), lambda bi, i, s: (bi, 0, 0, 0)),
+      whole,
+      whole,
     ],
-    pl.BlockSpec((1, h, d, BLOCK), lambda bi, i, s: (bi, 0, 0, i)),
+    blocked,
     "flash_attention_dq",
     scalars,
     q_t,
     do_t,
     lse,
     di,
-    k,
-    v,
     k_t,
+    v_t,
   )
-  return dq_t, dk, dv
+  return dq_t, dk_t, dv_t
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -461,17 +473,18 @@ def _attention(q: Array, k: Array, v: Array, scalars: Array, scale: float, rate:
 
 
 def _attention_fwd(q, k, v, scalars, scale, rate):
-  q_t = jnp.swapaxes(q, 2, 3)  # [B, H, D, T]
-  o_t, lse = _forward(q_t, k, jnp.swapaxes(v, 2, 3), scalars, scale, rate)
+  q_t, k_t, v_t = (jnp.swapaxes(x, 2, 3) for x in (q, k, v))  # [B, H, D, T]
+  o_t, lse = _forward(q_t, k_t, v_t, scalars, scale, rate)
   out = jnp.swapaxes(o_t, 2, 3)  # [B, H, T, D]
-  return out.astype(v.dtype), (q_t, k, v, o_t, lse, scalars)
+  return out.astype(v.dtype), (q_t, k_t, v_t, o_t, lse, scalars)
 
 
 def _attention_bwd(scale, rate, residuals, dout):
-  q_t, k, v, o_t, lse, scalars = residuals
+  q_t, k_t, v_t, o_t, lse, scalars = residuals
   do_t = jnp.swapaxes(dout, 2, 3).astype(q_t.dtype)  # [B, H, D, T]
-  dq_t, dk, dv = _backward(q_t, k, v, o_t, lse, do_t, scalars, scale, rate)
-  return jnp.swapaxes(dq_t, 2, 3), dk, dv, np.zeros(scalars.shape, jax.dtypes.float0)
+  grads = _backward(q_t, k_t, v_t, o_t, lse, do_t, scalars, scale, rate)
+  dq, dk, dv = (jnp.swapaxes(g, 2, 3) for g in grads)
+  return dq, dk, dv, np.zeros(scalars.shape, jax.dtypes.float0)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
