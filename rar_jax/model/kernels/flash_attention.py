@@ -12,14 +12,15 @@ lanes (the layout XLA itself keeps q, k and v in, so no copy happens around the 
 logits are formed as k q^T (a transposed-operand product on the MXU), so queries sit on the
 lanes of every [keys, queries] tile, the per-query statistics (max, sum, logsumexp) are
 lane-dense rows [1, queries], and the head dim (48 to 88 in the presets) is a full-array block
-dimension. The kernels take the
-arrays unpadded (T = 258): the grid has ceil(T / 128) blocks (three query blocks and six of the
-nine [128, 128] block pairs) and the last one runs past the array's end, where Pallas reads
-unspecified values (NaN in interpret mode) and drops the writes. Every block that can reach
-past T selects zeros for the positions beyond it before they meet a matmul, and masks their
-probabilities and logit gradients, so nothing of them reaches a valid row, and no pad or slice
-of the sequence happens in HBM. Each grid step holds every head of one (batch, block) pair and
-loops over the heads inside the kernel, so the grid has B x ceil(T/128) steps.
+dimension.
+
+The kernels take the arrays unpadded (T = 258): the grid has ceil(T / 128) blocks (three query
+blocks and six of the nine [128, 128] block pairs) and the last one runs past the array's end,
+where Pallas reads unspecified values (NaN in interpret mode) and drops the writes. Every block
+that can reach past T selects zeros for the positions beyond it before they meet a matmul, and
+masks their probabilities and logit gradients, so nothing of them reaches a valid row, and no
+pad or slice of the sequence happens in HBM. Each grid step holds every head of one (batch,
+block) pair and loops over the heads inside the kernel, so the grid has B x ceil(T/128) steps.
 
 Attention dropout is generated inside the kernels from a counter-based hash of (seeds, batch,
 head, query, key) in int32 arithmetic (`keep_bits`): the same bits as `dropout.bits_from_seeds`
