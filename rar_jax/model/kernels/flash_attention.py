@@ -4,8 +4,10 @@ backward, beside the plain reference `rar_jax.model.attention`.
 Blocks of 128 queries meet blocks of 128 keys with an online softmax in fp32; blocks above the
 causal diagonal are never visited (each grid step loops over only the key blocks its queries
 see). No [B, H, T, S] array reaches HBM: the forward saves the output and one logsumexp per
-query row, and the backward recomputes the probabilities block by block in two kernels, one for
-the query gradient and one for the key and value gradients.
+query row, and the backward recomputes the probabilities block by block in one kernel that
+forms the key and value gradients of a key block in registers and adds its share of the query
+gradient to a per-sample accumulator in VMEM (so the logits and their gradient are computed
+once per block pair, not once for dq and again for dk and dv).
 
 Layout: every operand and result is transposed, [B, H, D, T] with the positions on the 128
 lanes (the layout XLA itself keeps q, k and v in, so no copy happens around the kernels); the
@@ -206,7 +208,7 @@ def _probs_and_dlogits(
 ):
   """The recomputed block: dropped probabilities [keys, queries] (dv's operand) and the logit
   gradient times scale [keys, queries]; both zero above the causal diagonal if `diagonal` and
-  for queries past t if `edge` (the block may reach past the sequence end)."""
+  for queries or keys past t if `edge` (the block may reach past the sequence end)."""
   s_t = lax.dot_general(k_t, q_t, _TN, preferred_element_type=_F32) * scale
   p = jnp.exp(s_t - lse)  # [keys, queries]
   dp = lax.dot_general(v_t, do_t, _TN, preferred_element_type=_F32)  # d(dropped probs)
@@ -220,14 +222,14 @@ def _probs_and_dlogits(
   if diagonal:
     valid = _causal(key0, query0)
   if edge:
-    inside = _inside(query0, t, (BLOCK, BLOCK), 1)
+    inside = _inside(query0, t, (BLOCK, BLOCK), 1) & _inside(key0, t, (BLOCK, BLOCK), 0)
     valid = inside if valid is None else valid & inside
   if valid is not None:  # selects, not products: the discarded entries may be NaN
     dropped, ds = jnp.where(valid, dropped, 0.0), jnp.where(valid, ds, 0.0)
   return dropped, ds
 
 
-def _dkv_kernel(
+def _bwd_kernel(
   scalars,
   k_t_ref,
   v_t_ref,
@@ -237,17 +239,21 @@ def _dkv_kernel(
   di_ref,
   dk_t_ref,
   dv_t_ref,
+  dq_t_ref,
+  dq_acc,
   *,
   scale,
   rate,
   t,
 ):
-  """One (batch, key block j): every head against query blocks j..end.
+  """One (batch, key block j): every head against query blocks j..end. The grid runs the key
+  blocks of a sample in order: dq_acc, f32 [H, D, P] in VMEM, collects every block pair's share
+  of the query gradient and is written out after the sample's last key block.
 
   k_t_ref, v_t_ref [1, H, D, BLOCK]; q_t_ref, do_t_ref [1, H, D, P]; lse_ref, di_ref [1, H, 1, P];
-  dk_t_ref, dv_t_ref [1, H, D, BLOCK]. Keys past t (the last block's) give only their own,
-  dropped, columns; queries past t are zeroed and masked in every query block when T is not
-  whole blocks.
+  dk_t_ref, dv_t_ref [1, H, D, BLOCK]; dq_t_ref [1, H, D, P]. When T is not whole blocks, the
+  positions past t are zeroed in every operand block that can hold them, and the probabilities
+  and logit gradients masked there, so they reach no valid row of any gradient.
   """
   b, j = pl.program_id(0), pl.program_id(1)
   heads, d = k_t_ref.shape[1], k_t_ref.shape[2]
@@ -255,8 +261,14 @@ def _dkv_kernel(
   key0 = j * BLOCK
   edge = bool(t % BLOCK)
 
+  @pl.when(j == 0)
+  def _():
+    dq_acc[...] = jnp.zeros(dq_acc.shape, dq_acc.dtype)
+
   def head(h, carry):
     k_t, v_t = k_t_ref[0, h], v_t_ref[0, h]  # [D, BLOCK]
+    if edge:
+      k_t, v_t = _zero_beyond(k_t, key0, t, 1), _zero_beyond(v_t, key0, t, 1)
 
     def query_block(i, grads, diagonal=False):
       dk_t, dv_t = grads  # [D, keys]
@@ -270,10 +282,14 @@ def _dkv_kernel(
       dropped, ds = _probs_and_dlogits(
         scalars, rate, t, scale, b, h, key0, query0, k_t, v_t, q_t, do_t, lse, di, diagonal, edge
       )
+      ds = ds.astype(q_t.dtype)
       dv_t = dv_t + lax.dot_general(
         do_t, dropped.astype(do_t.dtype), _NT, preferred_element_type=_F32
       )
-      dk_t = dk_t + lax.dot_general(q_t, ds.astype(q_t.dtype), _NT, preferred_element_type=_F32)
+      dk_t = dk_t + lax.dot_general(q_t, ds, _NT, preferred_element_type=_F32)
+      dq_acc[h, :, pl.ds(query0, BLOCK)] += lax.dot_general(
+        k_t, ds, _NN, preferred_element_type=_F32
+      )  # [D, queries]
       return dk_t, dv_t
 
     zeros = jnp.zeros((d, BLOCK), _F32)
@@ -285,41 +301,9 @@ def _dkv_kernel(
 
   lax.fori_loop(0, heads, head, 0)
 
-
-def _dq_kernel(
-  scalars, q_t_ref, do_t_ref, lse_ref, di_ref, k_t_ref, v_t_ref, dq_t_ref, *, scale, rate, t
-):
-  """One (batch, query block i): every head against key blocks 0..i.
-
-  q_t_ref, do_t_ref [1, H, D, BLOCK]; lse_ref, di_ref [1, H, 1, BLOCK]; k_t_ref, v_t_ref
-  [1, H, D, P]; dq_t_ref [1, H, D, BLOCK]. Keys past t occur only in the last diagonal
-  block: their logit gradients are masked and their k^T columns zeroed there.
-  """
-  b, i = pl.program_id(0), pl.program_id(1)
-  heads, d = q_t_ref.shape[1], q_t_ref.shape[2]
-  query0 = i * BLOCK
-
-  def head(h, carry):
-    q_t, do_t = q_t_ref[0, h], do_t_ref[0, h]  # [D, BLOCK]
-    lse, di = lse_ref[0, h], di_ref[0, h]  # [1, BLOCK]
-
-    def key_block(j, dq_t, diagonal=False):
-      key0 = pl.multiple_of(j * BLOCK, BLOCK)
-      k_t = k_t_ref[0, h, :, pl.ds(key0, BLOCK)]  # [D, BLOCK]
-      v_t = v_t_ref[0, h, :, pl.ds(key0, BLOCK)]
-      _, ds = _probs_and_dlogits(
-        scalars, rate, t, scale, b, h, key0, query0, k_t, v_t, q_t, do_t, lse, di, diagonal, False
-      )
-      if diagonal and t % BLOCK:
-        k_t = _zero_beyond(k_t, key0, t, 1)
-      return dq_t + lax.dot_general(k_t, ds.astype(k_t.dtype), _NN, preferred_element_type=_F32)
-
-    dq_t = lax.fori_loop(0, i, key_block, jnp.zeros((d, BLOCK), _F32))
-    dq_t = key_block(i, dq_t, diagonal=True)
-    dq_t_ref[0, h] = dq_t.astype(dq_t_ref.dtype)
-    return carry
-
-  lax.fori_loop(0, heads, head, 0)
+  @pl.when(j == pl.num_programs(1) - 1)
+  def _():
+    dq_t_ref[0] = dq_acc[...].astype(dq_t_ref.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,17 +317,24 @@ def target_platform() -> str:
   return device.platform if device is not None else jax.default_backend()
 
 
-def _call(kernel, out_shape, grid, in_specs, out_specs, name, scalars, *args):
+def _call(
+  kernel, out_shape, grid, in_specs, out_specs, name, scalars, *args, scratch=(), ordered=False
+):
   """pallas_call for the target platform: Mosaic on a TPU, Pallas' interpret mode elsewhere
-  (the CPU tests)."""
+  (the CPU tests). `ordered`: the second grid axis runs in order (it carries `scratch`)."""
   spec = pltpu.PrefetchScalarGridSpec(
-    num_scalar_prefetch=1, grid=grid, in_specs=in_specs, out_specs=out_specs
+    num_scalar_prefetch=1,
+    grid=grid,
+    in_specs=in_specs,
+    out_specs=out_specs,
+    scratch_shapes=list(scratch),
   )
+  semantics = ("parallel", "arbitrary" if ordered else "parallel")
   return pl.pallas_call(
     kernel,
     out_shape=out_shape,
     grid_spec=spec,
-    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+    compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
     interpret=target_platform() != "tpu",
     name=name,
   )(scalars, *args)
@@ -412,27 +403,21 @@ def _backward(q_t, k_t, v_t, o_t, lse, do_t, scalars, scale, rate):
   b, h, d, t = q_t.shape
   p = _span(t)
   di = jnp.sum(do_t.astype(_F32) * o_t.astype(_F32), axis=2, keepdims=True)  # [B, H, 1, T]
-  stats = (1, h, 1, BLOCK)
-  kw = dict(scale=scale, rate=rate, t=t)
   array = tiled_bytes(q_t.shape, q_t.dtype)
   whole = pl.BlockSpec((1, h, d, p), lambda bi, j, s: (bi, 0, 0, 0))
   blocked = pl.BlockSpec((1, h, d, BLOCK), lambda bi, j, s: (bi, 0, 0, j))
-  # dk/dv: k, v read and dk, dv written once; q, do, lse, di read once per sample.
-  _record("flash_attention_dkv", b, h, p, d, 4, 6 * array + b * h * t * 8)
-  dk_t, dv_t = _call(
-    functools.partial(_dkv_kernel, **kw),
-    (jax.ShapeDtypeStruct(k_t.shape, k_t.dtype), jax.ShapeDtypeStruct(v_t.shape, v_t.dtype)),
+  stats = pl.BlockSpec((1, h, 1, p), lambda bi, j, s: (bi, 0, 0, 0))
+  # k, v read and dk, dv written once; q, do, lse, di read and dq written once per sample.
+  # Five [BLOCK, BLOCK, D] products per block pair: logits, d(probs), dv, dk, dq.
+  _record("flash_attention_bwd", b, h, p, d, 5, 7 * array + b * h * t * 8)
+  out = jax.ShapeDtypeStruct(q_t.shape, q_t.dtype)
+  dk_t, dv_t, dq_t = _call(
+    functools.partial(_bwd_kernel, scale=scale, rate=rate, t=t),
+    (out, out, out),
     (b, p // BLOCK),
-    [
-      blocked,
-      blocked,
-      whole,
-      whole,
-      pl.BlockSpec((1, h, 1, p), lambda bi, j, s: (bi, 0, 0, 0)),
-      pl.BlockSpec((1, h, 1, p), lambda bi, j, s: (bi, 0, 0, 0)),
-    ],
-    [blocked, blocked],
-    "flash_attention_dkv",
+    [blocked, blocked, whole, whole, stats, stats],
+    [blocked, blocked, whole],
+    "flash_attention_bwd",
     scalars,
     k_t,
     v_t,
@@ -440,30 +425,8 @@ def _backward(q_t, k_t, v_t, o_t, lse, do_t, scalars, scale, rate):
     do_t,
     lse,
     di,
-  )
-  # dq: q, do, lse, di read and dq written once; k, v read once per sample.
-  _record("flash_attention_dq", b, h, p, d, 3, 5 * array + b * h * t * 8)
-  dq_t = _call(
-    functools.partial(_dq_kernel, **kw),
-    jax.ShapeDtypeStruct(q_t.shape, q_t.dtype),
-    (b, p // BLOCK),
-    [
-      blocked,
-      blocked,
-      pl.BlockSpec(stats, lambda bi, i, s: (bi, 0, 0, i)),
-      pl.BlockSpec(stats, lambda bi, i, s: (bi, 0, 0, i)),
-      whole,
-      whole,
-    ],
-    blocked,
-    "flash_attention_dq",
-    scalars,
-    q_t,
-    do_t,
-    lse,
-    di,
-    k_t,
-    v_t,
+    scratch=[pltpu.VMEM((h, d, p), _F32)],
+    ordered=True,
   )
   return dq_t, dk_t, dv_t
 
