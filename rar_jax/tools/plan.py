@@ -34,6 +34,7 @@ import numpy as np
 from rar_jax import sharding
 from rar_jax.infra import atomic_files, device_memory
 from rar_jax.infra.chips import CHIPS, GIB, Chip, chip_by_name, parse_topology
+from rar_jax.model.kernels import accounting
 from rar_jax.model.presets import ModelConfig
 from rar_jax.tools import compiled_costs, tpu_compiler
 from rar_jax.training import metrics, optim, train, train_state, train_step
@@ -107,8 +108,10 @@ class Analysis:
   xla_flops_per_device: float | None
   xla_flops_method: str
   compiler: str = "cpu"  # "tpu": libtpu's compiler for the target; "cpu": the XLA:CPU stand-in
-  # The TPU compiler's own step time estimate (cost_analysis "optimal_seconds"), per device.
+  # The TPU compiler's own step time estimate (cost_analysis "optimal_seconds") per device,
+  # plus the Pallas kernels' own roofline seconds, which that analysis cannot see.
   xla_seconds_estimate: float | None = None
+  kernel_seconds: float = 0.0  # the Pallas kernels' own roofline seconds per step
 
   @property
   def peak_bytes(self) -> int:
@@ -145,7 +148,8 @@ def analyze(
   """
   plan = train.resolve(config, devices)
   cfg = plan.model
-  compiled, abstract, lower_s, compile_s = _compile(config, plan, cfg)
+  with accounting.collect() as whole_calls:  # the Pallas kernels the cost analysis cannot see
+    compiled, abstract, lower_s, compile_s = _compile(config, plan, cfg)
   if compiled.memory_analysis() is None:
     raise RuntimeError("this XLA backend gives no memory_analysis")
   whole = compiled_costs.analysis(compiled)
@@ -160,13 +164,14 @@ def analyze(
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
 
   tpu = devices[0].platform == "tpu"
-  flops_s, costs = 0.0, None
+  flops_s, costs, kernels = 0.0, None, []
   method = "not computed (--noxla_flops)"
   if not cfg.scan_layers and (xla_flops or tpu):
     costs, method = whole, "compiled step as configured (layers unrolled)"
+    kernels = accounting.summarize(whole_calls)
   elif xla_flops or tpu:  # the TPU compiler's time estimate is always wanted
     small = compiled_costs.per_layer(lambda c: _compile(config, plan, c)[0], cfg)
-    costs, flops_s = small["at_depth"], small["compile_s"]
+    costs, flops_s, kernels = small["at_depth"], small["compile_s"], small["kernels_at_depth"]
     method = (
       "F(1) + (depth-1) x (F(2) - F(1)) from unrolled 1- and 2-layer compiles "
       "(cost_analysis counts a scanned layer once)"
@@ -177,6 +182,9 @@ def analyze(
   seconds = costs.get("optimal_seconds") if costs is not None and tpu else None
   if seconds is not None and seconds <= 0:  # libtpu 0.0.42 gives negative ones for v6e
     seconds = None
+  kernel_s = sum(row["seconds"] for row in kernels)
+  if seconds is not None:  # the kernels' own roofline seconds, as `bench --compile_only` adds
+    seconds += kernel_s
   return Analysis(
     config_name=config_name,
     model=cfg,
@@ -195,6 +203,7 @@ def analyze(
     xla_flops_method=method,
     compiler="tpu" if tpu else "cpu",
     xla_seconds_estimate=seconds,
+    kernel_seconds=kernel_s,
   )
 
 
@@ -266,6 +275,13 @@ def _flop(n: float) -> str:
     if n >= scale:
       return f"{n / scale:.3f} {unit}"
   return f"{n / 1e6:.3f} MFLOP"
+
+
+def _kernel_part(a: Analysis) -> str:
+  """', plus the Pallas kernels' X ms' where the step has kernels the analysis cannot see."""
+  if not a.kernel_seconds:
+    return ""
+  return f", plus the Pallas kernels' own roofline {_duration(a.kernel_seconds)}"
 
 
 def _duration(seconds: float) -> str:
@@ -353,9 +369,9 @@ def render(a: Analysis, e: Estimate, chip: Chip, topology: str | None = None) ->
     )
   if e.compiler_step_s is not None:
     lines.append(
-      f"  the TPU compiler's own estimate (cost_analysis optimal_seconds): step "
-      f"{_duration(e.compiler_step_s)} = {e.compiler_mfu:.1%} MFU; {a.total_steps:,} steps = "
-      f"{_duration(a.total_steps * e.compiler_step_s)}"
+      f"  the TPU compiler's own estimate (cost_analysis optimal_seconds"
+      f"{_kernel_part(a)}): step {_duration(e.compiler_step_s)} = {e.compiler_mfu:.1%} MFU; "
+      f"{a.total_steps:,} steps = {_duration(a.total_steps * e.compiler_step_s)}"
     )
   elif a.compiler == "tpu":
     lines.append(
@@ -407,6 +423,7 @@ def to_json(a: Analysis, e: Estimate, topology: str | None) -> dict[str, Any]:
     "xla_flops_per_device": a.xla_flops_per_device,
     "xla_flops_method": a.xla_flops_method,
     "xla_seconds_estimate": a.xla_seconds_estimate,
+    "kernel_seconds": a.kernel_seconds,
     "estimate": dataclasses.asdict(e),
     "verdict": e.verdict,
   }

@@ -98,6 +98,9 @@ def test_plan_memory_flops_and_verdicts(planned):
   text = plan.render(tpu, est, chip)
   assert "the TPU compiler's own estimate (cost_analysis optimal_seconds)" in text
   assert "= 25.0% MFU" in text
+  kernels = dataclasses.replace(tpu, kernel_seconds=0.004)  # a step with Pallas kernels in it
+  text = plan.render(kernels, plan.estimate(kernels, chip, mfu=0.5), chip)
+  assert "optimal_seconds, plus the Pallas kernels' own roofline 4.00 ms): step" in text
 
 
 def test_plan_rejects_bad_arguments():
